@@ -1,0 +1,256 @@
+"""The daemon's life from the CLI: ``serve`` (foreground) and ``daemon start|stop|status|logs``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from modelctl.cli import output
+from modelctl.cli.params import (
+    HostOpt,
+    HttpOpt,
+    JsonOpt,
+    MaxCpuMemoryOpt,
+    MaxCudaMemoryOpt,
+    ServerApiKeyOpt,
+    ServerKeepAliveOpt,
+    duration_value,
+    size_value,
+)
+from modelctl.cli.state import State, check_version, get_state
+from modelctl.config import PreloadItem, Settings
+from modelctl.errors import ApiError, DaemonNotRunning, ModelctlError
+from modelctl.units import format_duration
+
+app = typer.Typer(help="Start, stop and inspect the background daemon.",
+                  no_args_is_help=True)
+
+
+def server_settings(settings: Settings, *, http: int | None, host: str | None,
+                    api_key: str | None, max_cpu_memory: str | None,
+                    max_cuda_memory: str | None, keep_alive: str | None,
+                    preload: list[str] | None = None) -> Settings:
+    """``settings`` with the server flags a command was given, parsed and checked."""
+    new = settings.with_overrides(
+        http_port=http, http_host=host, api_key=api_key,
+        max_cpu_memory=size_value(max_cpu_memory, "--max-cpu-memory"),
+        max_cuda_memory=size_value(max_cuda_memory, "--max-cuda-memory"),
+        preload=tuple(PreloadItem(n) for n in preload) if preload else None)
+    seconds = duration_value(keep_alive, "--keep-alive")
+    if seconds is not None:  # -1 means never, which Settings spells None
+        new = replace(new, keep_alive=None if seconds < 0 else seconds)
+    if new.http_port is not None and not new.api_key and not _is_loopback(new.http_host):
+        output.warn(f"http://{new.http_host}:{new.http_port} accepts requests from other "
+                    "machines without an API key; give --api-key KEY (or MODELCTL_API_KEY)")
+    return new
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _running(state: State) -> dict[str, Any] | None:
+    """Health of the daemon on this user's socket, or ``None`` when none answers."""
+    from modelctl.runtime import ping
+
+    return ping(state.settings)
+
+
+def _add_listener(state: State, health: dict[str, Any], settings: Settings) -> None:
+    """Ask the daemon that already runs to open ``settings``' TCP listener too."""
+    assert settings.http_port is not None
+    pid, port, host = health.get("pid"), settings.http_port, settings.http_host
+    client = state.socket_client()
+    try:
+        reply = client.add_listener(port, host, settings.api_key)
+    except ApiError as exc:
+        raise ModelctlError(
+            f"the running daemon (pid {pid}) could not listen on http://{host}:{port}: "
+            f"{exc.message}; stop it with `modelctl daemon stop` and run "
+            f"`modelctl serve --http {port}` again") from exc
+    finally:
+        client.close()
+    output.hint(f"the running daemon (pid {pid}) now also listens on "
+                f"{reply.get('url') or f'http://{host}:{port}'}")
+
+
+def _ignored_flags(given: dict[str, Any], pid: Any) -> None:
+    names = [flag for flag, value in given.items() if value]
+    if names:
+        output.warn(f"{', '.join(names)} not applied: the running daemon (pid {pid}) keeps "
+                    "its settings; `modelctl daemon stop` first to change them")
+
+
+def serve(
+    ctx: typer.Context,
+    http: HttpOpt = None,
+    host: HostOpt = None,
+    api_key: ServerApiKeyOpt = None,
+    max_cpu_memory: MaxCpuMemoryOpt = None,
+    max_cuda_memory: MaxCudaMemoryOpt = None,
+    keep_alive: ServerKeepAliveOpt = None,
+    preload: Annotated[list[str] | None, typer.Option(
+        "--preload", metavar="NAME", help="Load this model at start; repeatable.")] = None,
+) -> None:
+    """Run the daemon in the foreground (Ctrl-C stops it); --http adds a TCP listener."""
+    state = get_state(ctx)
+    settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
+                               max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
+                               keep_alive=keep_alive, preload=preload)
+    health = _running(state)
+    if health is not None:
+        check_version(health)
+        _ignored_flags({"--max-cpu-memory": max_cpu_memory, "--max-cuda-memory":
+                        max_cuda_memory, "--keep-alive": keep_alive, "--preload": preload},
+                       health.get("pid"))
+        if http is not None:
+            _add_listener(state, health, settings)
+        else:
+            output.hint(f"modelctl daemon already running (pid {health.get('pid')}) on "
+                        f"{state.settings.socket_path}")
+        return
+    try:
+        from modelctl.daemon.server import run_daemon  # torch and friends: only here
+    except ImportError as exc:
+        raise ModelctlError(f"the daemon cannot be imported ({exc}); reinstall modelctl "
+                            "with its dependencies (pip install modelctl)") from exc
+    raise typer.Exit(run_daemon(settings))
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    http: HttpOpt = None,
+    host: HostOpt = None,
+    api_key: ServerApiKeyOpt = None,
+    max_cpu_memory: MaxCpuMemoryOpt = None,
+    max_cuda_memory: MaxCudaMemoryOpt = None,
+    keep_alive: ServerKeepAliveOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the daemon in the background (nothing happens if one runs)."""
+    state = get_state(ctx)
+    settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
+                               max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
+                               keep_alive=keep_alive)
+    if settings.keep_alive is not None:
+        # runtime.spawn_daemon passes the child only some settings; keep-alive rides in
+        # the environment it copies (this process exits right after).
+        os.environ["MODELCTL_KEEP_ALIVE"] = repr(settings.keep_alive)
+    health, started = state.ensure_daemon(settings)
+    if not started:
+        output.hint(f"modelctl daemon already running (pid {health.get('pid')})")
+        _ignored_flags({"--max-cpu-memory": max_cpu_memory, "--max-cuda-memory":
+                        max_cuda_memory, "--keep-alive": keep_alive}, health.get("pid"))
+        if http is not None:
+            _add_listener(state, health, settings)
+    if as_json:
+        output.print_json({**health, "started": started})
+
+
+@app.command("stop")
+def stop(ctx: typer.Context) -> None:
+    """Stop the daemon: in-flight requests finish, every model is freed."""
+    from modelctl.runtime import stop_daemon
+
+    state = get_state(ctx)
+    with output.activity("stopping the modelctl daemon"):
+        pid = stop_daemon(state.settings)
+    output.hint(f"stopped modelctl daemon (pid {pid})")
+
+
+@app.command("status")
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show whether the daemon runs, and how (exit 3 when none runs)."""
+    state = get_state(ctx)
+    client = state.client(timeout=10.0)
+    try:
+        health = client.health()
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc) from exc
+    finally:
+        client.close()
+    if as_json:
+        output.print_json(health)
+        return
+    check_version(health)
+    rows = [
+        ["pid", str(health.get("pid"))], ["version", str(health.get("version"))],
+        ["uptime", format_duration(health.get("uptime_s"))],
+        ["socket", str(health.get("socket") or state.settings.socket_path)],
+        ["http", str(health.get("http") or "-")],
+        ["torch", "ready" if health.get("torch_ready") else "warming up"],
+    ]
+    for item in health.get("preload") or ():
+        error = f" ({item['error']})" if item.get("error") else ""
+        rows.append(["preload", f"{item.get('name')} on {item.get('device') or '-'}: "
+                                f"{item.get('state')}{error}"])
+    output.print_table([("DAEMON", "left"), (str(health.get("status", "ok")), "left")], rows)
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 50,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
+) -> None:
+    """Show the end of the daemon's log file."""
+    from modelctl.runtime import tail_log
+
+    settings = get_state(ctx).settings
+    path = settings.log_path
+    if not path.exists() and not follow:
+        raise ModelctlError(f"there is no daemon log at {path} yet; "
+                            "`modelctl daemon start` creates it")
+    text = tail_log(settings, lines) if lines else ""
+    if text:
+        output.say(text)
+    if follow:
+        try:
+            _follow(path)
+        except KeyboardInterrupt:
+            pass
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to ``path``; start over when it is replaced or truncated."""
+    f: IO[bytes] | None = None
+    inode = None
+    skip_to_end = path.exists()  # its tail was printed already
+    while True:
+        if f is None:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - reopened when the file is replaced
+            except FileNotFoundError:
+                time.sleep(0.5)
+                continue
+            if skip_to_end:
+                f.seek(0, os.SEEK_END)
+                skip_to_end = False
+            inode = os.fstat(f.fileno()).st_ino
+        chunk = f.read()
+        if chunk:
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            continue
+        time.sleep(0.25)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if info.st_ino != inode or info.st_size < f.tell():
+            f.close()
+            f = None

@@ -1,0 +1,212 @@
+"""The model commands: ls, load, eject, pin, unpin and models (the registry)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import typer
+
+from modelctl.cli import output
+from modelctl.cli.params import (
+    DeviceOpt,
+    JsonOpt,
+    KeepAliveOpt,
+    LoadedDeviceOpt,
+    LoadedModelArg,
+    ModelArg,
+    OptionalLoadedModelArg,
+    duration_value,
+    json_object_value,
+)
+from modelctl.cli.state import get_state, static_registry
+from modelctl.errors import DaemonNotRunning, ModelNotInCache
+from modelctl.units import format_bytes
+
+# A load may download weights first: give it an hour before the CLI gives up waiting.
+LOAD_TIMEOUT = 3600.0
+
+ENTRY_COLUMNS: list[output.Column] = [
+    ("NAME", "left"), ("DEVICE", "left"), ("FAMILY", "left"), ("DIM", "right"),
+    ("STATE", "left"), ("SIZE", "right"), ("LOADED", "left"), ("LAST USED", "left"),
+    ("REQUESTS", "right"), ("PIN", "left"), ("EXPIRES", "left"),
+]
+
+
+def entry_size(entry: dict[str, Any]) -> int | None:
+    """What the copy costs where it lives: allocator bytes on cuda, parameter bytes on cpu."""
+    if str(entry.get("device", "")).startswith("cuda") and entry.get("device_bytes") is not None:
+        return int(entry["device_bytes"])
+    size = entry.get("bytes")
+    return int(size) if size is not None else None
+
+
+def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
+    now = now or datetime.now(timezone.utc)
+    pinned = bool(entry.get("pinned"))
+    return [
+        str(entry.get("name")), str(entry.get("device")), str(entry.get("family") or "-"),
+        str(entry.get("dimensions") or "-"), str(entry.get("state") or "-"),
+        format_bytes(entry_size(entry)), output.ago(entry.get("loaded_at"), now),
+        output.ago(entry.get("last_used_at"), now), str(entry.get("requests", 0)),
+        "pinned" if pinned else "-",
+        "never" if pinned else output.until(entry.get("expires_at"), now),
+    ]
+
+
+def print_entries(entries: list[dict[str, Any]]) -> None:
+    now = datetime.now(timezone.utc)
+    output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
+
+
+def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the loaded models. Never starts a daemon: with none running, nothing is loaded."""
+    state = get_state(ctx)
+    client = state.client(timeout=30.0)
+    try:
+        entries = client.list_models()
+    except DaemonNotRunning:
+        if state.settings.url:
+            raise
+        if as_json:
+            output.print_json([])
+        else:
+            output.hint("no modelctl daemon is running, so no models are loaded")
+        return
+    finally:
+        client.close()
+    if as_json:
+        output.print_json(entries)
+    elif not entries:
+        output.hint("no models are loaded; load one with `modelctl load NAME`")
+    else:
+        print_entries(entries)
+
+
+def load(
+    ctx: typer.Context,
+    name: ModelArg,
+    device: DeviceOpt = None,
+    pin: Annotated[bool, typer.Option(
+        "--pin", help="Never evict or expire it; only `modelctl eject` removes it.")] = False,
+    keep_alive: KeepAliveOpt = None,
+    properties: Annotated[str | None, typer.Option(
+        "--properties", metavar="JSON",
+        help="A custom model's modelProperties (Marqo's shape), as JSON or @file.json.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load a model (starting the daemon if none runs) and show its entry."""
+    props = json_object_value(properties, "--properties")
+    seconds = duration_value(keep_alive, "--keep-alive")
+    client = get_state(ctx).started_client(timeout=LOAD_TIMEOUT)
+    where = f" on {device}" if device else ""
+    with output.activity(f"loading {name}{where}"):
+        entry = client.load_model(name, device, pin=True if pin else None, keep_alive=seconds,
+                                  properties=props)
+    if as_json:
+        output.print_json(entry)
+    else:
+        print_entries([entry])
+
+
+def eject(
+    ctx: typer.Context,
+    name: OptionalLoadedModelArg = None,
+    device: LoadedDeviceOpt = None,
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Eject every model (on --device only, if given).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Do not wait for requests in flight to finish.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Eject a model and hand its memory back. Never starts a daemon."""
+    if all_ and name:
+        raise typer.BadParameter("give a NAME or --all, not both", param_hint="NAME")
+    if not all_ and not name:
+        raise typer.BadParameter("give the NAME of a loaded model, or --all", param_hint="NAME")
+    state = get_state(ctx)
+    client = state.client()
+    try:
+        with output.activity(f"ejecting {name or 'every model'}"):
+            result = client.eject(name, device, all=all_, force=force)
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc, "so nothing is loaded") from exc
+    except ModelNotInCache as exc:
+        if not all_:
+            raise ModelNotInCache(f"{exc.message}; `modelctl ls` shows what is loaded") from exc
+        result = {"ejected": [], "bytes_freed": 0}
+    if as_json:
+        output.print_json(result)
+        return
+    ejected = result.get("ejected") or []
+    if not ejected:
+        output.hint("nothing was loaded, nothing was ejected")
+    for item in ejected:
+        freed = item.get("bytes_freed")
+        if str(item.get("device", "")).startswith("cuda") and item.get("device_bytes_freed"):
+            freed = item["device_bytes_freed"]
+        tail = f", freed {format_bytes(freed)}" if freed is not None else ""
+        output.say(f"ejected {item.get('name')} from {item.get('device')}{tail}")
+
+
+def _set_pin(ctx: typer.Context, name: str, device: str | None, pin: bool,
+             as_json: bool) -> None:
+    state = get_state(ctx)
+    try:
+        changed = state.client(timeout=30.0).update_model(name, device, pin=pin)
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc, "so nothing is loaded") from exc
+    if as_json:
+        output.print_json(changed)
+        return
+    for entry in changed:
+        output.say(f"{'pinned' if pin else 'unpinned'} {entry.get('name')} "
+                   f"on {entry.get('device')}")
+
+
+def pin(ctx: typer.Context, name: LoadedModelArg, device: LoadedDeviceOpt = None,
+        as_json: JsonOpt = False) -> None:
+    """Pin a loaded model: it is never evicted or expired, only ejected by hand."""
+    _set_pin(ctx, name, device, True, as_json)
+
+
+def unpin(ctx: typer.Context, name: LoadedModelArg, device: LoadedDeviceOpt = None,
+          as_json: JsonOpt = False) -> None:
+    """Unpin a loaded model: eviction and keep-alive apply to it again."""
+    _set_pin(ctx, name, device, False, as_json)
+
+
+REGISTRY_COLUMNS: list[output.Column] = [
+    ("NAME", "left"), ("FAMILY", "left"), ("DIM", "right"), ("MODALITIES", "left"),
+    ("OFFLINE", "left"), ("ALIASES", "left"),
+]
+
+
+def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the model names modelctl knows (the registry). Never starts a daemon."""
+    state = get_state(ctx)
+    client = state.client(timeout=30.0)
+    try:
+        entries = client.registry()
+    except DaemonNotRunning:
+        if state.settings.url:
+            raise
+        static = static_registry()
+        if static is None:
+            raise state.no_daemon(DaemonNotRunning(
+                "no modelctl daemon is running and the built-in registry is not installed"
+            )) from None
+        entries = static
+        output.hint("no daemon is running: this is the built-in registry "
+                    "(whether weights are on this machine is unknown)")
+    finally:
+        client.close()
+    if as_json:
+        output.print_json(entries)
+        return
+    offline = {True: "yes", False: "no", None: "?"}
+    output.print_table(REGISTRY_COLUMNS, [
+        [str(e.get("name")), str(e.get("family") or "-"), str(e.get("dimensions") or "-"),
+         ",".join(e.get("modalities") or ()) or "-", offline.get(e.get("available_offline"), "?"),
+         ", ".join(e.get("aliases") or ()) or "-"]
+        for e in entries])

@@ -1,0 +1,181 @@
+"""The one place that prints: rich tables on stdout, or the JSON document with ``--json``.
+
+With ``--json``, stdout carries only the JSON document; hints, warnings, spinners and
+progress bars go to stderr. Rich is imported inside the functions that draw, so
+``modelctl ls --json`` and shell completion never pay for it. Rich honours ``NO_COLOR``
+and ``FORCE_COLOR`` itself; tests pass ``make_console(file=StringIO(), width=...)`` to
+``use_console`` and compare text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import IO, TYPE_CHECKING, Any
+
+from modelctl.units import parse_iso
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
+# A table printed into a pipe is not cut at 80 columns: `modelctl ls | grep` sees whole rows.
+_PIPE_WIDTH = 512
+
+_consoles: dict[str, Console] = {}
+
+
+def make_console(*, file: IO[str] | None = None, width: int | None = None,
+                 stderr: bool = False) -> Console:
+    """A rich Console on ``file`` (default stdout, or stderr), wide when it is not a terminal."""
+    from rich.console import Console
+
+    stream = file if file is not None else (sys.stderr if stderr else sys.stdout)
+    if width is None and not _isatty(stream):
+        width = _PIPE_WIDTH
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False,
+                   stderr=stderr and file is None)
+
+
+def use_console(console: Console | None, *, stderr: bool = False) -> None:
+    """Make later output go to ``console`` (tests); ``None`` goes back to the default."""
+    key = "err" if stderr else "out"
+    if console is None:
+        _consoles.pop(key, None)
+    else:
+        _consoles[key] = console
+
+
+def console(*, stderr: bool = False) -> Console:
+    key = "err" if stderr else "out"
+    if key not in _consoles:
+        _consoles[key] = make_console(stderr=stderr)
+    return _consoles[key]
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def stderr_is_tty() -> bool:
+    return _isatty(sys.stderr)
+
+
+# -- plain text ------------------------------------------------------------------------
+def print_json(data: Any) -> None:
+    """The JSON document, alone on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def say(message: str) -> None:
+    """One line of result on stdout (``ejected X from cpu, freed 85.8 MiB``)."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def hint(message: str) -> None:
+    """One line for the person on stderr: never part of the data on stdout."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    hint(f"modelctl: warning: {message}")
+
+
+# -- rich ------------------------------------------------------------------------------
+Column = tuple[str, str]  # (header, justify: "left" | "right")
+
+
+def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
+               title: str | None = None, caption: str | None = None) -> Table:
+    """A borderless table (like ``docker ps``): easy to read, easy to grep."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  title=title, title_justify="left", title_style="bold",
+                  caption=caption, caption_justify="left", caption_style="dim")
+    for header, justify in columns:
+        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
+                title: str | None = None, caption: str | None = None) -> None:
+    show(make_table(columns, rows, title=title, caption=caption))
+
+
+def show(renderable: RenderableType) -> None:
+    console().print(renderable)
+
+
+def usage_bar(used: int | None, total: int | None, width: int = 20) -> Text:
+    """``████████░░░░  41%``, green below 70 %, yellow below 90 %, red above."""
+    from rich.text import Text
+
+    if not used or not total:
+        return Text("-" if total is None else "░" * width + "   0%", style="dim")
+    frac = min(max(used / total, 0.0), 1.0)
+    filled = round(frac * width)
+    style = "green" if frac < 0.7 else "yellow" if frac < 0.9 else "red"
+    text = Text("█" * filled, style=style)
+    text.append("░" * (width - filled), style="dim")
+    text.append(f" {frac * 100:3.0f}%")
+    return text
+
+
+@contextmanager
+def activity(message: str) -> Iterator[None]:
+    """A spinner on stderr while the block runs, when stderr is a terminal."""
+    if not stderr_is_tty():
+        yield
+        return
+    with console(stderr=True).status(message):
+        yield
+
+
+# -- times -----------------------------------------------------------------------------
+def _short(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _when(iso: str | None) -> datetime | None:
+    if not iso:
+        return None
+    try:
+        return parse_iso(iso)
+    except ValueError:
+        return None
+
+
+def ago(iso: str | None, now: datetime | None = None) -> str:
+    """``"3m ago"`` for an ISO time in the past; ``"-"`` when there is none."""
+    when = _when(iso)
+    if when is None:
+        return "-"
+    now = now or datetime.now(timezone.utc)
+    return f"{_short((now - when).total_seconds())} ago"
+
+
+def until(iso: str | None, now: datetime | None = None) -> str:
+    """``"in 4m"`` for an ISO time in the future; ``"never"`` when there is none."""
+    when = _when(iso)
+    if when is None:
+        return "never"
+    now = now or datetime.now(timezone.utc)
+    left = (when - now).total_seconds()
+    return f"in {_short(left)}" if left >= 1 else "now"

@@ -1,0 +1,104 @@
+"""Parameters shared by several commands, declared once with ``Annotated``.
+
+Parsers for values Typer cannot check itself (sizes, durations, JSON) live here too and
+raise ``typer.BadParameter``, so a bad value is a usage error (exit 2) that names its flag.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from modelctl.cli import completers
+from modelctl.units import parse_duration, parse_size
+
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print JSON on stdout (only the JSON document; hints go to stderr).")]
+
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", "-d", metavar="DEVICE", autocompletion=completers.devices,
+    help="cpu, cuda or cuda:N [default: the daemon's (cuda when present, else cpu)]")]
+
+LoadedDeviceOpt = Annotated[str | None, typer.Option(
+    "--device", "-d", metavar="DEVICE", autocompletion=completers.loaded_devices,
+    help="Only the copy on this device [default: every device it is loaded on].")]
+
+ModelArg = Annotated[str, typer.Argument(
+    metavar="NAME", autocompletion=completers.registry_names,
+    help="A registry name or alias (`modelctl models` lists them), or a custom model's name.")]
+
+_loaded_name = typer.Argument(
+    metavar="NAME", autocompletion=completers.loaded_names,
+    help="The name of a loaded model (`modelctl ls` lists them).")
+LoadedModelArg = Annotated[str, _loaded_name]
+OptionalLoadedModelArg = Annotated[str | None, _loaded_name]
+
+KeepAliveOpt = Annotated[str | None, typer.Option(
+    "--keep-alive", metavar="DURATION",
+    help="Eject the model after it has been idle this long (30s, 10m, 1h; -1: never).")]
+
+# -- the server's settings (serve, daemon start) ---------------------------------------
+HttpOpt = Annotated[int | None, typer.Option(
+    "--http", metavar="PORT", min=1, max=65535,
+    help="Also listen for HTTP on this TCP port (the Marqo-compatible API).")]
+
+HostOpt = Annotated[str | None, typer.Option(
+    "--host", metavar="HOST", help="Address for --http [default: 127.0.0.1].")]
+
+ServerApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", metavar="KEY",
+    help="Require this key (x-api-key or Bearer) on every TCP request.")]
+
+MaxCpuMemoryOpt = Annotated[str | None, typer.Option(
+    "--max-cpu-memory", metavar="SIZE", help="Budget for models on cpu (4GiB, 512MB).")]
+
+MaxCudaMemoryOpt = Annotated[str | None, typer.Option(
+    "--max-cuda-memory", metavar="SIZE", help="Budget for models on each GPU (8GiB).")]
+
+ServerKeepAliveOpt = Annotated[str | None, typer.Option(
+    "--keep-alive", metavar="DURATION",
+    help="Default idle time before a model is ejected (10m; -1: never) [default: never].")]
+
+
+# -- parsers ---------------------------------------------------------------------------
+def size_value(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from exc
+
+
+def duration_value(text: str | None, flag: str) -> float | None:
+    """Seconds, or ``-1.0`` for "never" (the API's spelling); ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from exc
+    return -1.0 if seconds is None else seconds
+
+
+def json_object_value(text: str | None, flag: str) -> dict[str, Any] | None:
+    """A JSON object given inline or as ``@file.json``."""
+    if text is None:
+        return None
+    raw = text
+    if text.startswith("@"):
+        try:
+            raw = Path(text[1:]).expanduser().read_text()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {text[1:]}: {exc.strerror}",
+                                     param_hint=flag) from exc
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=flag) from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object ({...})", param_hint=flag)
+    return value

@@ -1,0 +1,99 @@
+"""What every command finds in ``ctx.obj``: the settings, and the ways to reach the daemon.
+
+``client()`` never starts anything; ``started_client()`` starts a daemon when none runs
+(only ``load`` and ``embed`` use it). With ``--url`` every call goes over HTTP to that
+server, and nothing is ever started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from modelctl import __version__
+from modelctl.client import Client
+from modelctl.config import Settings
+from modelctl.errors import DaemonNotRunning
+
+# Completion runs on every <TAB>: a daemon that does not answer at once is treated as absent.
+COMPLETION_TIMEOUT = 0.5
+
+
+def build_settings(*, socket: Path | None = None, url: str | None = None,
+                   api_key: str | None = None, runtime_dir: Path | None = None) -> Settings:
+    """Settings from the environment, then the global flags (``None``: flag not given)."""
+    return Settings.from_env().with_overrides(
+        runtime_dir=runtime_dir, socket_path=socket, url=url, api_key=api_key)
+
+
+@dataclass
+class State:
+    settings: Settings
+
+    def client(self, timeout: float | None = 600.0) -> Client:
+        """A client for the daemon on the socket (or ``--url``); connects on first use."""
+        s = self.settings
+        if s.url:
+            return Client(s.url, api_key=s.api_key, timeout=timeout)
+        return Client(socket_path=s.socket_path, timeout=timeout)
+
+    def socket_client(self, timeout: float | None = 30.0) -> Client:
+        """A client for this user's daemon on its socket, whatever ``--url`` says."""
+        return Client(socket_path=self.settings.socket_path, timeout=timeout)
+
+    def started_client(self, timeout: float | None = 600.0) -> Client:
+        """A client for a daemon that runs: start one first if none answers the socket."""
+        if not self.settings.url:
+            self.ensure_daemon()
+        return self.client(timeout)
+
+    def ensure_daemon(self, settings: Settings | None = None) -> tuple[dict[str, Any], bool]:
+        """Start the daemon unless one answers; say so on stderr. Returns health, started."""
+        from modelctl import runtime
+        from modelctl.cli.output import hint
+
+        health, started = runtime.start_daemon(settings or self.settings)
+        if started:
+            hint(f"started modelctl daemon (pid {health.get('pid')})")
+        check_version(health)
+        return health, started
+
+    def no_daemon(self, exc: DaemonNotRunning, consequence: str = "") -> DaemonNotRunning:
+        """``exc`` with what to do next, for commands that need a daemon and never start one."""
+        todo = ("check the URL and that `modelctl serve --http` runs there" if self.settings.url
+                else "start one with `modelctl daemon start`")
+        lead = f"{exc.message} ({consequence})" if consequence else exc.message
+        return DaemonNotRunning(f"{lead}; {todo}")
+
+
+def check_version(health: dict[str, Any]) -> None:
+    """Say so when the daemon that answers is another version than this CLI."""
+    version = health.get("version")
+    if version and version != __version__:
+        from modelctl.cli.output import warn
+
+        warn(f"the running daemon is modelctl {version}, this CLI is {__version__}; "
+             "restart it with `modelctl daemon stop` to use this version")
+
+
+def get_state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, State):  # a command invoked without the root callback (tests)
+        obj = ctx.find_root().obj = State(build_settings())
+    return obj
+
+
+def static_registry() -> list[dict[str, Any]] | None:
+    """The registry shipped with the daemon's loaders, without asking a daemon.
+
+    ``modelctl.daemon.loaders.registry`` is pure data (stdlib only). Whether weights are on
+    this machine is the daemon's to say, so ``available_offline`` is ``None`` here.
+    """
+    try:
+        from modelctl.daemon.loaders.registry import list_registry
+    except ImportError:
+        return None
+    return [{**entry, "available_offline": None} for entry in list_registry()]

@@ -1,0 +1,280 @@
+"""A stdlib-only client for the daemon's API, over its Unix socket or over HTTP.
+
+``Client()`` talks to this user's daemon on its Unix socket; ``Client("http://host:8882",
+api_key=...)`` talks to a ``modelctl serve --http`` (or a Marqo server, for the Marqo
+calls). It imports nothing but the standard library, so any program, and the CLI, can
+use it without paying for torch.
+
+Marqo's documented calls return the contract's dicts unchanged::
+
+    mq = Client()
+    mq.get_loaded_models()          # {"models": [{"model_name": ..., "model_device": ...}]}
+    mq.eject_model("ViT-L/14", "cuda")
+    mq.get_cpu_info(); mq.get_cuda_info()
+
+Every error the daemon answers is raised as a ``modelctl.errors.ApiError`` subclass
+carrying ``status``, ``code`` and ``message``; a daemon that cannot be reached raises
+``DaemonNotRunning``.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from modelctl.errors import DaemonNotRunning, error_from_body
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over ``AF_UNIX``: Docker's pattern, and what the daemon listens on."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """A connection to one daemon. Safe to share between threads (one connection each)."""
+
+    def __init__(self, url: str | None = None, *, socket_path: str | Path | None = None,
+                 api_key: str | None = None, timeout: float | None = 600.0) -> None:
+        if url is None and socket_path is None:
+            from modelctl.config import Settings
+
+            settings = Settings.from_env()
+            url = settings.url
+            socket_path = settings.socket_path
+            if url:
+                api_key = api_key or settings.api_key
+        self.url = url.rstrip("/") if url else None
+        self.socket_path = str(socket_path) if socket_path is not None else None
+        self.api_key = api_key
+        self.timeout = timeout
+        self._local = threading.local()
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {url!r}")
+            self._scheme = parts.scheme
+            self._host = parts.hostname
+            self._port = parts.port
+            self._prefix = parts.path.rstrip("/")
+
+    @property
+    def where(self) -> str:
+        """Where this client connects, for messages."""
+        return self.url or f"unix:{self.socket_path}"
+
+    # -- transport -------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.url:
+                cls = (http.client.HTTPSConnection if self._scheme == "https"
+                       else http.client.HTTPConnection)
+                conn = cls(self._host, self._port, timeout=self.timeout)
+            else:
+                assert self.socket_path is not None
+                conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request_raw(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+                    body: Any = None, headers: dict[str, str] | None = None,
+                    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; return status, headers and the raw body."""
+        if query:
+            pairs = [(k, v) for k, v in query.items() if v is not None]
+            if pairs:
+                path = f"{path}?{urlencode(pairs)}"
+        if self.url:
+            path = self._prefix + path
+        payload = None if body is None else json.dumps(body).encode()
+        hdrs = {"Accept": "application/json"}
+        if payload is not None:
+            hdrs["Content-Type"] = "application/json"
+        if self.api_key:
+            hdrs["x-api-key"] = self.api_key
+        hdrs.update(headers or {})
+        # A kept-alive connection the server has since closed fails on first use; one
+        # retry on a fresh connection is safe because the request never reached it.
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=payload, headers=hdrs)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                if attempt == 0 and getattr(conn, "_reused", False):
+                    continue
+                raise DaemonNotRunning(f"the daemon at {self.where} closed the connection: "
+                                       f"{exc}") from exc
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                self.close()
+                raise DaemonNotRunning(f"no modelctl daemon is running at {self.where}") from exc
+            except OSError:
+                self.close()
+                raise
+            conn._reused = True  # type: ignore[attr-defined]
+            if resp.getheader("connection", "").lower() == "close":
+                self.close()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        raise AssertionError("unreachable")
+
+    def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+                body: Any = None) -> Any:
+        """Send one request and return its JSON; raise the daemon's error as an ``ApiError``."""
+        status, headers, data = self.request_raw(method, path, query=query, body=body)
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            decoded = data.decode(errors="replace")
+        if status >= 400:
+            raise error_from_body(status, decoded)
+        return decoded
+
+    # -- Marqo's documented calls (shared/CONTRACT.md) -----------------------------
+    def get_marqo(self) -> dict[str, Any]:
+        """``GET /``: ``{"message": ..., "version": ...}``."""
+        return self.request("GET", "/")  # type: ignore[no-any-return]
+
+    def get_loaded_models(self) -> dict[str, Any]:
+        """``GET /models``: ``{"models": [{"model_name", "model_device"}]}``."""
+        return self.request("GET", "/models")  # type: ignore[no-any-return]
+
+    def eject_model(self, model_name: str, model_device: str | None = None) -> dict[str, Any]:
+        """``DELETE /models``: eject from one device, or from every device when none is given."""
+        return self.request("DELETE", "/models",  # type: ignore[no-any-return]
+                            query={"model_name": model_name, "model_device": model_device})
+
+    def get_cpu_info(self) -> dict[str, Any]:
+        """``GET /device/cpu``: usage and memory as Marqo's strings."""
+        return self.request("GET", "/device/cpu")  # type: ignore[no-any-return]
+
+    def get_cuda_info(self) -> dict[str, Any]:
+        """``GET /device/cuda``: one entry per visible GPU; 400 without CUDA."""
+        return self.request("GET", "/device/cuda")  # type: ignore[no-any-return]
+
+    # -- the native API --------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health``: ``{status, version, pid, uptime_s, torch_ready, ...}``."""
+        return self.request("GET", "/v1/health")  # type: ignore[no-any-return]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every cache entry with full detail (DESIGN.md's entry fields)."""
+        return self.request("GET", "/v1/models")["models"]  # type: ignore[no-any-return]
+
+    def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
+                   keep_alive: str | float | None = None,
+                   properties: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load ``name`` on ``device`` (waits for the load; returns the entry)."""
+        body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
+                "properties": properties}
+        return self.request("POST", "/v1/models",  # type: ignore[no-any-return]
+                            body={k: v for k, v in body.items() if v is not None})
+
+    def update_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
+                     keep_alive: str | float | None = None) -> list[dict[str, Any]]:
+        """Change pin or keep-alive of a loaded model; returns the entries changed."""
+        body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive}
+        return self.request("PATCH", "/v1/models",  # type: ignore[no-any-return]
+                            body={k: v for k, v in body.items() if v is not None})["models"]
+
+    def eject(self, name: str | None = None, device: str | None = None, *,
+              all: bool = False, force: bool = False) -> dict[str, Any]:
+        """Eject one model (from ``device``, or every device) or, with ``all``, everything."""
+        query: dict[str, Any] = {"name": name, "device": device}
+        if all:
+            query["all"] = "true"
+        if force:
+            query["force"] = "true"
+        return self.request("DELETE", "/v1/models", query=query)  # type: ignore[no-any-return]
+
+    def registry(self) -> list[dict[str, Any]]:
+        """Every model name the daemon knows, with family, dimensions and offline status."""
+        return self.request("GET", "/v1/registry")["models"]  # type: ignore[no-any-return]
+
+    def devices(self) -> dict[str, Any]:
+        """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""
+        return self.request("GET", "/v1/devices")  # type: ignore[no-any-return]
+
+    def embeddings(self, model: str, input: str | Sequence[str], *, device: str | None = None,
+                   normalize: bool | None = None, encoding_format: str | None = None,
+                   ) -> dict[str, Any]:
+        """``POST /v1/embeddings`` as the OpenAI API defines it, plus ``device``/``normalize``."""
+        body: dict[str, Any] = {"model": model, "input": input}
+        for key, value in (("device", device), ("normalize", normalize),
+                           ("encoding_format", encoding_format)):
+            if value is not None:
+                body[key] = value
+        return self.request("POST", "/v1/embeddings", body=body)  # type: ignore[no-any-return]
+
+    def embed(self, model: str, inputs: Sequence[str], *, device: str | None = None,
+              normalize: bool | None = None) -> list[list[float]]:
+        """Embeddings of ``inputs`` (texts, or ``data:image/...;base64,`` strings) in order."""
+        reply = self.embeddings(model, list(inputs), device=device, normalize=normalize,
+                                encoding_format="base64")
+        return [decode_base64_embedding(item["embedding"]) for item in reply["data"]]
+
+    def metrics(self) -> str:
+        status, _, data = self.request_raw("GET", "/metrics", headers={"Accept": "text/plain"})
+        if status >= 400:
+            raise error_from_body(status, json.loads(data or b"null"))
+        return data.decode()
+
+    def add_listener(self, port: int, host: str = "127.0.0.1",
+                     api_key: str | None = None) -> dict[str, Any]:
+        """Ask a running daemon to open a TCP listener (Unix socket only)."""
+        body = {"port": port, "host": host, "api_key": api_key}
+        return self.request("POST", "/v1/listeners",  # type: ignore[no-any-return]
+                            body={k: v for k, v in body.items() if v is not None})
+
+
+def decode_base64_embedding(value: str | list[float]) -> list[float]:
+    """OpenAI's ``base64`` encoding: little-endian float32s. Floats pass through."""
+    if isinstance(value, list):
+        return value
+    raw = base64.b64decode(value)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def image_data_uri(path: str | Path) -> str:
+    """A file as the ``data:image/...;base64,`` string the embeddings API accepts."""
+    data = Path(path).read_bytes()
+    kind = _sniff_image(data)
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def _sniff_image(data: bytes) -> str:
+    signatures: Iterable[tuple[bytes, str]] = (
+        (b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF8", "gif"),
+        (b"BM", "bmp"), (b"RIFF", "webp"))
+    for magic, kind in signatures:
+        if data.startswith(magic):
+            return kind
+    return "png"

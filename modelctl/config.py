@@ -1,0 +1,174 @@
+"""Settings: flags > environment (``MODELCTL_*``, then Marqo's ``MARQO_*`` aliases) > defaults.
+
+This is the only module that reads ``os.environ``. Everything else takes a ``Settings``
+built by ``Settings.from_env(environ=...)``, so tests pass a dict instead of patching
+the process environment. Stdlib only: the CLI imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelctl.errors import InvalidArgument
+from modelctl.units import parse_duration, parse_size
+
+SOCKET_NAME = "modelctl.sock"
+LOCK_NAME = "modelctl.lock"
+STATUS_NAME = "modelctl.json"
+LOG_NAME = "modelctl.log"
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class PreloadItem:
+    """One model to load when the daemon starts."""
+
+    name: str
+    properties: dict[str, Any] | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask of the daemon."""
+
+    max_body_bytes: int = 32 * 2**20
+    max_batch_items: int = 2048
+    max_text_chars: int = 100_000
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_queue_items: int = 8192
+
+
+@dataclass(frozen=True)
+class Settings:
+    runtime_dir: Path
+    socket_path: Path
+    url: str | None = None
+    max_cpu_memory: int | None = None  # bytes; None: derive from the machine (daemon)
+    max_cuda_memory: int | None = None  # bytes per GPU; None: derive from the GPU
+    keep_alive: float | None = None  # seconds; None: never expire (Marqo's semantics)
+    preload: tuple[PreloadItem, ...] = ()
+    api_key: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    default_device: str | None = None  # None: cuda when present, else cpu
+    offline: bool = False
+    debug: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.runtime_dir / LOCK_NAME
+
+    @property
+    def status_path(self) -> Path:
+        return self.runtime_dir / STATUS_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.runtime_dir / LOG_NAME
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the flags a command was given (``None`` means "not given")."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "runtime_dir" in given and "socket_path" not in given:
+            given["socket_path"] = Path(given["runtime_dir"]) / SOCKET_NAME
+        return replace(self, **given)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        runtime_dir = default_runtime_dir(env)
+        socket_path = Path(env["MODELCTL_SOCKET"]) if env.get("MODELCTL_SOCKET") else (
+            runtime_dir / SOCKET_NAME)
+        port = env.get("MODELCTL_HTTP_PORT")
+        return cls(
+            runtime_dir=runtime_dir,
+            socket_path=socket_path,
+            url=env.get("MODELCTL_URL") or None,
+            max_cpu_memory=_budget(env, "MODELCTL_MAX_CPU_MEMORY", "MARQO_MAX_CPU_MODEL_MEMORY"),
+            max_cuda_memory=_budget(env, "MODELCTL_MAX_CUDA_MEMORY",
+                                    "MARQO_MAX_CUDA_MODEL_MEMORY"),
+            keep_alive=_keep_alive(env.get("MODELCTL_KEEP_ALIVE")),
+            preload=_preload(env),
+            api_key=env.get("MODELCTL_API_KEY") or None,
+            http_host=env.get("MODELCTL_HTTP_HOST") or "127.0.0.1",
+            http_port=int(port) if port else None,
+            default_device=env.get("MODELCTL_DEVICE") or None,
+            offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
+            debug=_truthy(env.get("MODELCTL_DEBUG")),
+        )
+
+
+def default_runtime_dir(env: Mapping[str, str]) -> Path:
+    """``$MODELCTL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/modelctl``, else ``/tmp/modelctl-$UID``."""
+    if env.get("MODELCTL_RUNTIME_DIR"):
+        return Path(env["MODELCTL_RUNTIME_DIR"])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "modelctl"
+    return Path(f"/tmp/modelctl-{os.getuid()}")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _budget(env: Mapping[str, str], ours: str, marqo: str) -> int | None:
+    try:
+        if env.get(ours):
+            return parse_size(env[ours])
+        if env.get(marqo):
+            return parse_size(env[marqo], default_unit="gb")  # Marqo's knob is in GB
+    except ValueError as exc:
+        raise InvalidArgument(f"{ours if env.get(ours) else marqo}: {exc}") from exc
+    return None
+
+
+def _keep_alive(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"MODELCTL_KEEP_ALIVE: {exc}") from exc
+
+
+def parse_preload(raw: str, source: str) -> tuple[PreloadItem, ...]:
+    """A JSON list of names or ``{"model": ..., "modelProperties": {...}}`` (Marqo's shape).
+
+    A comma-separated list of names is accepted too, for ``MODELCTL_PRELOAD=a,b``.
+    """
+    raw = raw.strip()
+    if not raw:
+        return ()
+    if not raw.startswith("["):
+        return tuple(PreloadItem(name.strip()) for name in raw.split(",") if name.strip())
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"{source} is not valid JSON: {exc}") from exc
+    out: list[PreloadItem] = []
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, str):
+            out.append(PreloadItem(item))
+        elif isinstance(item, dict) and isinstance(item.get("model"), str):
+            props = item.get("modelProperties") or item.get("model_properties")
+            out.append(PreloadItem(item["model"], props if isinstance(props, dict) else None,
+                                   item.get("device")))
+        else:
+            raise InvalidArgument(
+                f"{source}: each item must be a model name or {{\"model\": ..., "
+                f"\"modelProperties\": {{...}}}}, not {item!r}")
+    return tuple(out)
+
+
+def _preload(env: Mapping[str, str]) -> tuple[PreloadItem, ...]:
+    return (parse_preload(env.get("MODELCTL_PRELOAD", ""), "MODELCTL_PRELOAD")
+            + parse_preload(env.get("MARQO_MODELS_TO_PRELOAD", ""), "MARQO_MODELS_TO_PRELOAD"))

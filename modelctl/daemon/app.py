@@ -1,0 +1,187 @@
+"""The ASGI app: one app for both listeners, and the error boundary of every route.
+
+``create_app`` builds the FastAPI app; ``Listener`` wraps it once per listener (the
+Unix socket, each TCP port) to tag requests with where they came from, enforce the
+API key on TCP, and bound request bodies. Every error, from any layer, leaves as the
+contract's JSON body: never an HTML page or a plain-text 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelctl import __version__
+from modelctl.daemon.state import DaemonState
+from modelctl.errors import (
+    ApiError,
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+)
+
+log = logging.getLogger("modelctl.http")
+LISTENER_KEY = "modelctl.listener"
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def create_app(state: DaemonState) -> FastAPI:
+    from modelctl.daemon import embeddings, routes_marqo, routes_native
+
+    app = FastAPI(title="modelctl", version=__version__,
+                  description="A per-host model cache: native /v1 API, OpenAI-style "
+                              "embeddings and Marqo's /models and /device routes.")
+    app.state.daemon = state
+    app.include_router(routes_marqo.router)
+    app.include_router(routes_native.router)
+    app.include_router(embeddings.router)
+    app.include_router(routes_native.metrics_router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [_v1_error(err) for err in exc.errors()]
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            return error_response(BadRequest("request body is not valid JSON"))
+        return error_response(Unprocessable(detail))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.method} {request.url.path}; "
+                                           "see /docs for the API"))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}"))
+        err = ApiError(str(exc.detail))
+        err.status = exc.status_code
+        err.code, err.type = "http_error", "invalid_request"
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(InternalError(f"internal error: {type(exc).__name__}; "
+                                            "see the daemon log"))
+
+    return app
+
+
+def _v1_error(err: Any) -> dict[str, Any]:
+    """A pydantic v2 error in Marqo's pydantic-v1 wording."""
+    kind = str(err.get("type", "value_error"))
+    if kind == "missing":
+        return {"loc": list(err.get("loc", ())), "msg": "field required",
+                "type": "value_error.missing"}
+    prefix = "type_error" if kind.endswith("_type") or kind.endswith("_parsing") else \
+        "value_error"
+    return {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "invalid value")).lower(),
+            "type": f"{prefix}.{kind.removesuffix('_type').removesuffix('_parsing')}"}
+
+
+class Listener:
+    """The app as one listener serves it (pure ASGI: no per-request middleware stack)."""
+
+    def __init__(self, app: ASGIApp, state: DaemonState, *, kind: str,
+                 api_key: str | None = None) -> None:
+        self.app = app
+        self.state = state
+        self.kind = kind  # "unix" or "tcp"
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body = state.settings.limits.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                return  # the daemon runs its own start-up and shut-down
+            await self.app(scope, receive, send)
+            return
+        scope[LISTENER_KEY] = self.kind
+        headers = dict(scope.get("headers") or ())
+        if self.api_key is not None and not self._authorized(headers):
+            await _send_error(send, Unauthorized(
+                "missing or wrong API key: send it as x-api-key or Authorization: Bearer"))
+            return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body
+            except ValueError:
+                await _send_error(send, BadRequest("bad Content-Length header"))
+                return
+            if too_big:
+                await _send_error(send, PayloadTooLarge(
+                    f"request body over {self.max_body} bytes"))
+                return
+        started = time.perf_counter()
+        await self.app(scope, self._bounded(receive), send)
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.state.metrics.request(path, scope["method"], time.perf_counter() - started)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        assert self.api_key is not None
+        given = headers.get(b"x-api-key")
+        if given is None:
+            auth = headers.get(b"authorization", b"")
+            if auth[:7].lower() == b"bearer ":
+                given = auth[7:].strip()
+        # compare_digest: the time taken must not tell how much of a guess was right.
+        return given is not None and hmac.compare_digest(given, self.api_key)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body
+
+        async def bounded_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        return bounded_receive
+
+
+class _BodyTooLarge(PayloadTooLarge):
+    def __init__(self) -> None:
+        super().__init__("request body over the size limit")
+
+
+async def _send_error(send: Send, exc: ApiError) -> None:
+    body = dump_json(exc.body())
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def dump_json(content: Any) -> bytes:
+    """JSON exactly as Marqo's FastAPI server writes it: compact, UTF-8, key order kept."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
+
+
+def json_bytes(content: Any, status: int = 200) -> Response:
+    return Response(dump_json(content), status_code=status, media_type="application/json")

@@ -1,0 +1,164 @@
+"""Dynamic micro-batching for one loaded model.
+
+Concurrent requests put their items on one queue; a single worker takes as many as a
+batch allows (by items and by characters), runs them in the device's encode thread,
+and hands each request back exactly its own rows. While a batch runs, the next one
+gathers, so under load batches fill by themselves; when other clients were seen in
+the last batch the worker also waits a few milliseconds for company. A lone client
+is never made to wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelctl.errors import ServiceUnavailable, TooManyRequests
+
+if TYPE_CHECKING:
+    from modelctl.daemon.loaders.base import LoadedModel
+    from modelctl.daemon.metrics import Metrics
+
+MAX_BATCH_ITEMS = 128
+MAX_BATCH_CHARS = 128 * 1024
+MAX_WAIT_S = 0.003
+MAX_QUEUE_ITEMS = 8192
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: str  # "text" or "image"
+    normalize: bool | None
+    size: int
+    future: asyncio.Future[tuple[np.ndarray, list[int]]]
+    rows: list[np.ndarray | None] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    remaining: int = 0
+
+
+@dataclass(eq=False)
+class _Item:
+    job: _Job
+    index: int
+    payload: Any
+    length: int
+
+
+class Batcher:
+    def __init__(self, model: LoadedModel, executor: Executor, metrics: Metrics, *,
+                 label: tuple[str, str], max_items: int = MAX_BATCH_ITEMS,
+                 max_chars: int = MAX_BATCH_CHARS, max_queue: int = MAX_QUEUE_ITEMS) -> None:
+        self.model = model
+        self.executor = executor
+        self.metrics = metrics
+        self.label = label
+        self.max_items = max_items
+        self.max_chars = max_chars
+        self.max_queue = max_queue
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._last_batch_jobs = 0
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def embed(self, kind: str, payloads: list[Any], normalize: bool | None,
+                    ) -> tuple[np.ndarray, list[int]]:
+        """Vectors for ``payloads`` (texts, or RGB PIL images) in order, and token counts."""
+        if self._closed:
+            raise ServiceUnavailable(f"{self.label[0]} is being ejected; try again")
+        if len(self._queue) + len(payloads) > self.max_queue:
+            self.metrics.rejected(self.label)
+            raise TooManyRequests(
+                f"{self.label[0]} on {self.label[1]} has {len(self._queue)} inputs queued; "
+                "retry shortly or send smaller batches")
+        loop = asyncio.get_running_loop()
+        job = _Job(kind, normalize, len(payloads), loop.create_future(),
+                   rows=[None] * len(payloads), tokens=[0] * len(payloads),
+                   remaining=len(payloads))
+        for i, payload in enumerate(payloads):
+            length = len(payload) if kind == "text" else 1
+            self._queue.append(_Item(job, i, payload, length))
+        self._wakeup.set()
+        return await job.future
+
+    def close(self) -> None:
+        self._closed = True
+        self._worker.cancel()
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.job.future.done():
+                item.job.future.set_exception(
+                    ServiceUnavailable(f"{self.label[0]} was ejected while queued"))
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                if self._last_batch_jobs > 1 and len(self._queue) < self.max_items:
+                    # Others were here a moment ago: give their next requests a few
+                    # milliseconds to arrive, and run them in one batch.
+                    await asyncio.sleep(MAX_WAIT_S)
+                batch = self._take()
+                await self._execute(batch)
+
+    def _take(self) -> list[_Item]:
+        """The next batch: FIFO, one kind and normalize setting, within both bounds."""
+        first = self._queue[0]
+        kind, normalize = first.job.kind, first.job.normalize
+        batch: list[_Item] = []
+        chars = 0
+        skipped: list[_Item] = []
+        while self._queue and len(batch) < self.max_items:
+            item = self._queue[0]
+            if item.job.kind != kind or item.job.normalize != normalize:
+                skipped.append(self._queue.popleft())
+                if len(skipped) > self.max_items:
+                    break
+                continue
+            if batch and chars + item.length > self.max_chars:
+                break
+            batch.append(self._queue.popleft())
+            chars += item.length
+        self._queue.extendleft(reversed(skipped))
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        jobs = {id(item.job): item.job for item in batch}
+        self._last_batch_jobs = len(jobs)
+        # Similar lengths side by side: less padding inside the model's own sub-batches.
+        ordered = sorted(batch, key=lambda it: it.length)
+        kind, normalize = batch[0].job.kind, batch[0].job.normalize
+        started = time.perf_counter()
+        try:
+            vectors, tokens = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._encode, kind, [it.payload for it in ordered], normalize)
+        except Exception as exc:
+            for job in jobs.values():
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self.metrics.batch(self.label, len(batch), len(jobs), time.perf_counter() - started)
+        for item, row, count in zip(ordered, vectors, tokens, strict=True):
+            job = item.job
+            job.rows[item.index] = row
+            job.tokens[item.index] = count
+            job.remaining -= 1
+            if job.remaining == 0 and not job.future.done():
+                job.future.set_result((np.stack(job.rows), job.tokens))  # type: ignore[arg-type]
+
+    def _encode(self, kind: str, payloads: list[Any], normalize: bool | None,
+                ) -> tuple[np.ndarray, list[int]]:
+        if kind == "text":
+            return self.model.encode_texts(payloads, normalize)
+        return self.model.encode_images(payloads, normalize), [0] * len(payloads)

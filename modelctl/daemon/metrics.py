@@ -1,0 +1,137 @@
+"""Prometheus metrics for ``GET /metrics``, in a registry of the daemon's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from modelctl.daemon.cache import Entry
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model", "device"]
+        self.loads = Counter("modelctl_loads", "Models loaded", labels, registry=self.registry)
+        self.load_failures = Counter("modelctl_load_failures", "Loads that failed", labels,
+                                     registry=self.registry)
+        self.load_seconds = Histogram("modelctl_load_seconds", "Time to load a model", labels,
+                                      buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                                      registry=self.registry)
+        self.evictions = Counter("modelctl_evictions", "Models evicted to make room", labels,
+                                 registry=self.registry)
+        self.expirations = Counter("modelctl_expirations", "Models expired by keep-alive",
+                                   labels, registry=self.registry)
+        self.ejects = Counter("modelctl_ejects", "Models ejected on request", labels,
+                              registry=self.registry)
+        self.embedding_requests = Counter("modelctl_embedding_requests",
+                                          "Embedding requests answered", labels,
+                                          registry=self.registry)
+        self.embedding_inputs = Counter("modelctl_embedding_inputs", "Inputs embedded", labels,
+                                        registry=self.registry)
+        self.model_calls = Counter("modelctl_model_calls",
+                                   "Batches run through a model (fewer than requests when "
+                                   "requests are coalesced)", labels, registry=self.registry)
+        self.rejections = Counter("modelctl_queue_rejections",
+                                  "Requests refused with 429 because a queue was full", labels,
+                                  registry=self.registry)
+        self.batch_size = Histogram("modelctl_batch_items", "Inputs per model call", labels,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                                    registry=self.registry)
+        self.batch_seconds = Histogram("modelctl_batch_seconds", "Time of one model call",
+                                       labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.request_seconds = Histogram("modelctl_request_seconds", "HTTP request latency",
+                                         ["route", "method"], buckets=_LATENCY_BUCKETS,
+                                         registry=self.registry)
+        self.embedding_seconds = Histogram("modelctl_embedding_seconds",
+                                           "Embedding request latency", labels,
+                                           buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    def watch(self, entries: Callable[[], Iterable[Entry]],
+              budgets: Callable[[], dict[str, int]]) -> None:
+        """Gauges read from the cache at scrape time, so they are never stale."""
+        self.registry.register(_CacheCollector(entries, budgets))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def _labels(entry: Entry) -> dict[str, str]:
+        return {"model": entry.name, "device": entry.device}
+
+    def loaded(self, entry: Entry) -> None:
+        self.loads.labels(**self._labels(entry)).inc()
+        if entry.load_seconds is not None:
+            self.load_seconds.labels(**self._labels(entry)).observe(entry.load_seconds)
+
+    def load_failed(self, entry: Entry) -> None:
+        self.load_failures.labels(**self._labels(entry)).inc()
+
+    def evicted(self, entry: Entry) -> None:
+        self.evictions.labels(**self._labels(entry)).inc()
+
+    def expired(self, entry: Entry) -> None:
+        self.expirations.labels(**self._labels(entry)).inc()
+
+    def ejected(self, entry: Entry) -> None:
+        self.ejects.labels(**self._labels(entry)).inc()
+
+    def unloaded(self, entry: Entry) -> None:
+        """Drop per-batch series of a model that is gone (counters of events stay)."""
+
+    def embedded(self, entry: Entry, inputs: int, seconds: float) -> None:
+        labels = self._labels(entry)
+        self.embedding_requests.labels(**labels).inc()
+        self.embedding_inputs.labels(**labels).inc(inputs)
+        self.embedding_seconds.labels(**labels).observe(seconds)
+
+    def batch(self, label: tuple[str, str], items: int, jobs: int, seconds: float) -> None:
+        model, device = label
+        self.model_calls.labels(model, device).inc()
+        self.batch_size.labels(model, device).observe(items)
+        self.batch_seconds.labels(model, device).observe(seconds)
+
+    def rejected(self, label: tuple[str, str]) -> None:
+        self.rejections.labels(*label).inc()
+
+    def request(self, route: str, method: str, seconds: float) -> None:
+        self.request_seconds.labels(route, method).observe(seconds)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, entries: Callable[[], Iterable[Entry]],
+                 budgets: Callable[[], dict[str, int]]) -> None:
+        self._entries = entries
+        self._budgets = budgets
+
+    def collect(self) -> Iterable[Any]:
+        loaded = GaugeMetricFamily("modelctl_models_loaded", "Models in the cache, by state",
+                                   labels=["device", "state"])
+        size = GaugeMetricFamily("modelctl_model_bytes",
+                                 "Measured bytes of each model (parameters and buffers)",
+                                 labels=["model", "device"])
+        device_size = GaugeMetricFamily("modelctl_model_device_bytes",
+                                        "Allocator bytes of each cuda model",
+                                        labels=["model", "device"])
+        budget = GaugeMetricFamily("modelctl_budget_bytes", "Memory budget per device",
+                                   labels=["device"])
+        counts: dict[tuple[str, str], int] = {}
+        for entry in self._entries():
+            counts[(entry.device, entry.state)] = counts.get((entry.device, entry.state), 0) + 1
+            if entry.bytes is not None:
+                size.add_metric([entry.name, entry.device], entry.bytes)
+            if entry.device_bytes is not None:
+                device_size.add_metric([entry.name, entry.device], entry.device_bytes)
+        for (device, state), n in counts.items():
+            loaded.add_metric([device, state], n)
+        for device, value in self._budgets().items():
+            budget.add_metric([device], value)
+        return [loaded, size, device_size, budget]

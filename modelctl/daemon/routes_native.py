@@ -1,0 +1,179 @@
+"""The native ``/v1`` API (docs/API.md): models, registry, devices, health, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelctl.daemon.app import LISTENER_KEY, json_bytes
+from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
+from modelctl.daemon.loaders import offline_available, spec_for
+from modelctl.daemon.loaders.registry import REGISTRY, list_registry
+from modelctl.daemon.metrics import CONTENT_TYPE
+from modelctl.daemon.state import DaemonState
+from modelctl.errors import InvalidArgument, ModelNotInCache
+from modelctl.units import parse_duration
+
+router = APIRouter(prefix="/v1", tags=["native"])
+metrics_router = APIRouter(tags=["native"])
+
+
+def _state(request: Request) -> DaemonState:
+    return request.app.state.daemon  # type: ignore[no-any-return]
+
+
+def _via_socket(request: Request) -> bool:
+    return request.scope.get(LISTENER_KEY) == "unix"
+
+
+def _keep_alive(value: float | str | None) -> float | None | str:
+    """``"default"`` when not given; seconds, or ``None`` for never."""
+    if value is None:
+        return "default"
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InvalidArgument(f"keep_alive: {exc}") from None
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=512, description="registry name, alias, "
+                      "custom name (with properties) or local directory (socket only)")
+    device: str | None = Field(None, max_length=32, description="cpu, cuda or cuda:N")
+    pin: bool | None = None
+    keep_alive: float | str | None = Field(None, description="seconds, or 30s/10m/1h; "
+                                           "-1 never")
+    properties: dict[str, Any] | None = Field(None, description="Marqo's modelProperties")
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=512)
+    device: str | None = Field(None, max_length=32)
+    pin: bool | None = None
+    keep_alive: float | str | None = None
+
+
+class ListenerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(ge=0, le=65535)
+    host: str = Field("127.0.0.1", max_length=255)
+    api_key: str | None = Field(None, max_length=1024)
+
+
+@router.get("/health", summary="Liveness and version")
+async def health(request: Request) -> Response:
+    state = _state(request)
+    return json_bytes({
+        "status": "ok", "version": state.version, "pid": state.pid,
+        "uptime_s": round(time.monotonic() - state.started, 3),
+        "torch_ready": state.torch_is_ready, "socket": str(state.settings.socket_path),
+        "http": state.http_urls[0] if state.http_urls else None,
+        "preload": state.preload_status,
+    })
+
+
+@router.get("/models", summary="Loaded models, full detail")
+async def list_models(request: Request) -> Response:
+    return json_bytes({"models": [e.describe() for e in _state(request).cache.list()]})
+
+
+@router.post("/models", summary="Load a model (waits for the load; single-flight)")
+async def load_model(request: Request, body: LoadRequest) -> Response:
+    state = _state(request)
+    spec = spec_for(body.name, body.properties, local_paths=_via_socket(request))
+    if body.device:
+        device = parse_device(body.device)
+    else:
+        await state.torch_ready()
+        device = state.default_device()
+    entry = await state.cache.load(spec, device, name=body.name, pin=body.pin,
+                                   keep_alive=_keep_alive(body.keep_alive))
+    return json_bytes(entry.describe())
+
+
+@router.patch("/models", summary="Pin, unpin or change keep-alive of a loaded model")
+async def update_model(request: Request, body: UpdateRequest) -> Response:
+    state = _state(request)
+    device = parse_device(body.device) if body.device else None
+    entries = [e for e in state.loaded_entries(body.name)
+               if device is None or e.device == device]
+    if not entries:
+        raise ModelNotInCache(f"The model_name `{body.name}` is not cached or found")
+    keep_alive = _keep_alive(body.keep_alive)
+    for entry in entries:
+        if body.pin is not None:
+            entry.pinned = body.pin
+        if keep_alive != "default":
+            entry.keep_alive = keep_alive  # type: ignore[assignment]
+    state.cache.wake()
+    return json_bytes({"models": [e.describe() for e in entries]})
+
+
+@router.delete("/models", summary="Eject a model (or all) and report bytes freed")
+async def eject_model(request: Request, name: str | None = Query(None, max_length=512),
+                      device: str | None = Query(None, max_length=32),
+                      all: bool = Query(False), force: bool = Query(False)) -> Response:
+    state = _state(request)
+    canonical_device = parse_device(device) if device else None
+    if all:
+        ejected = await state.cache.eject_all(canonical_device, force=force)
+    elif not name:
+        raise InvalidArgument("name is required (or all=true)")
+    else:
+        ejected = await state.cache.eject(state.spec_name(name), canonical_device, force=force)
+    return json_bytes({"ejected": ejected,
+                       "bytes_freed": sum(e["bytes_freed"] or 0 for e in ejected)})
+
+
+@router.get("/registry", summary="Known model names")
+async def registry(request: Request) -> Response:
+    rows = list_registry()
+
+    def with_offline() -> list[dict[str, Any]]:
+        for row in rows:
+            row["available_offline"], row["weights"] = offline_available(REGISTRY[row["name"]])
+        return rows
+
+    return json_bytes({"models": await asyncio.to_thread(with_offline)})
+
+
+@router.get("/devices", summary="cpu and cuda devices: memory, use, budgets")
+async def devices(request: Request) -> Response:
+    state = _state(request)
+    held: dict[str, int] = {}
+    for entry in state.cache.list():
+        held[entry.device] = held.get(entry.device, 0) + entry.held_bytes
+    cpu = cpu_report(state.cpu)
+    cpu.update(budget=state.budgets.budget("cpu"), models_bytes=held.get("cpu", 0))
+    await state.torch_ready()
+    cuda = await asyncio.to_thread(cuda_reports, state.nvml)
+    for report in cuda:
+        report.update(budget=state.budgets.budget(report["device"]),
+                      models_bytes=held.get(report["device"], 0))
+    available = cuda_device_count() > 0
+    return json_bytes({"cpu": cpu, "cuda": cuda, "cuda_available": available,
+                       "cuda_error": None if available else
+                       "CUDA is not available on this instance"})
+
+
+@router.post("/listeners", summary="Open a TCP listener on the running daemon (socket only)")
+async def add_listener(request: Request, body: ListenerRequest) -> Response:
+    state = _state(request)
+    if not _via_socket(request):
+        raise InvalidArgument("listeners can be opened only over the Unix socket")
+    if state.open_listener is None:
+        raise InvalidArgument("this daemon cannot open listeners")
+    url = await state.open_listener(body.host, body.port, body.api_key)
+    return json_bytes({"url": url})
+
+
+@metrics_router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)

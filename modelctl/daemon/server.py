@@ -1,0 +1,215 @@
+"""The daemon process: lock, bind, serve, shut down cleanly.
+
+Order matters here, and each step says why:
+1. take the runtime dir's flock (two daemons never share a socket);
+2. bind the Unix socket (and TCP port) *before* importing the web stack or torch, so
+   clients can connect at once; connections wait in the backlog until we accept;
+3. write the status file only after the bind, so whoever reads it can connect;
+4. serve, importing torch in the background;
+5. on SIGTERM/SIGINT, remove the status file and socket *first* (a new client sees no
+   daemon rather than a dying one), then let in-flight requests finish, bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from modelctl import __version__
+from modelctl.config import Settings
+from modelctl.errors import DaemonError, ModelctlError
+from modelctl.runtime import (
+    EXIT_ALREADY_RUNNING,
+    DaemonLock,
+    DaemonStatus,
+    ensure_runtime_dir,
+    read_status,
+    write_status,
+)
+
+log = logging.getLogger("modelctl.daemon")
+
+GRACEFUL_SHUTDOWN_S = 30
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def bind_unix(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # stale: we hold the lock, so no live daemon owns it
+    old_umask = os.umask(0o177)  # created 0600: no window where others could connect
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def tcp_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_daemon(settings: Settings, *, foreground: bool = False) -> int:
+    """Run a daemon until it is told to stop; return the process exit status."""
+    _configure_logging(settings, foreground)
+    try:
+        ensure_runtime_dir(settings.runtime_dir)
+    except DaemonError as exc:
+        log.error("%s", exc)
+        return 1
+    lock = DaemonLock(settings)
+    if not lock.acquire():
+        status = read_status(settings)
+        pid = f" (pid {status.pid})" if status else ""
+        log.error("a modelctl daemon is already running in %s%s", settings.runtime_dir, pid)
+        return EXIT_ALREADY_RUNNING
+    try:
+        try:
+            unix = bind_unix(str(settings.socket_path))
+            tcp = (bind_tcp(settings.http_host, settings.http_port)
+                   if settings.http_port is not None else None)
+        except (OSError, DaemonError) as exc:
+            log.error("%s", exc)
+            return 1
+        urls = [tcp_url(tcp)] if tcp is not None else []
+        write_status(settings, DaemonStatus(
+            pid=os.getpid(), socket=str(settings.socket_path), version=__version__,
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            http=urls[0] if urls else None))
+        return _run_loop(settings, unix, tcp)
+    finally:
+        for path in (settings.status_path, settings.socket_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        lock.release()
+
+
+def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_serve(settings, unix, tcp))
+
+
+async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
+    # Imported here, after the bind: the web stack costs a few hundred milliseconds.
+    from modelctl.daemon.app import Listener, create_app
+    from modelctl.daemon.state import DaemonState
+
+    state = DaemonState(settings)
+    app = create_app(state)
+    servers: list[Any] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def serve(sock: socket.socket, kind: str, api_key: str | None) -> None:
+        server = _make_server(Listener(app, state, kind=kind, api_key=api_key))
+        servers.append(server)
+        tasks.append(asyncio.get_running_loop().create_task(server.serve(sockets=[sock])))
+
+    async def open_listener(host: str, port: int, api_key: str | None) -> str:
+        sock = bind_tcp(host, port)
+        url = tcp_url(sock)
+        serve(sock, "tcp", api_key)
+        _warn_if_exposed(host, api_key)
+        state.http_urls.append(url)
+        status = read_status(settings)
+        if status is not None and status.http is None:
+            write_status(settings, DaemonStatus(**{**status.__dict__, "http": url}))
+        log.info("listening on %s", url)
+        return url
+
+    state.open_listener = open_listener
+    serve(unix, "unix", None)
+    if tcp is not None:
+        state.http_urls.append(tcp_url(tcp))
+        serve(tcp, "tcp", settings.api_key)
+        _warn_if_exposed(settings.http_host, settings.api_key)
+    state.start()
+    log.info("modelctl %s daemon (pid %d) listening on %s%s", __version__, os.getpid(),
+             settings.socket_path, "".join(f" and {u}" for u in state.http_urls))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing requests in flight (at most %ds)", GRACEFUL_SHUTDOWN_S)
+    for path in (settings.status_path, settings.socket_path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await state.close()
+    log.info("stopped")
+    return 0
+
+
+def _make_server(app: Any) -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The daemon handles signals once for all its listeners (_serve).
+            yield
+
+    try:
+        import httptools  # noqa: F401
+
+        http = "httptools"
+    except ImportError:
+        http = "h11"
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+                            http=http, timeout_keep_alive=30, server_header=False,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws="none")
+    return _Server(config)
+
+
+def _warn_if_exposed(host: str, api_key: str | None) -> None:
+    if host not in LOOPBACK_HOSTS and not api_key:
+        log.warning("listening on %s without an API key: anyone who can reach this port can "
+                    "load and eject models; set --api-key or MODELCTL_API_KEY", host)
+
+
+def _configure_logging(settings: Settings, foreground: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if foreground:
+        # A spawned daemon's stderr is already the log file; a foreground one writes both.
+        with contextlib.suppress(OSError, ModelctlError):
+            ensure_runtime_dir(settings.runtime_dir)
+            handlers.append(logging.FileHandler(settings.log_path))
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    for noisy in ("uvicorn.error", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

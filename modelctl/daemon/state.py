@@ -1,0 +1,130 @@
+"""The daemon's shared state: settings, the cache, devices, metrics and torch's warm-up.
+
+torch takes seconds to import, so the daemon answers ``ls`` and ``/device/cpu`` before
+it is ready; anything that needs torch awaits ``torch_ready()`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from modelctl import __version__
+from modelctl.config import PreloadItem, Settings
+from modelctl.daemon.budget import Budgets
+from modelctl.daemon.cache import Entry, ModelCache
+from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
+from modelctl.daemon.loaders import spec_for
+from modelctl.daemon.loaders.registry import lookup
+from modelctl.daemon.metrics import Metrics
+from modelctl.errors import ApiError
+
+log = logging.getLogger("modelctl.daemon")
+
+
+def _import_torch() -> None:
+    # Loader libraries too: the first load should not pay for them.
+    import open_clip  # noqa: F401
+    import sentence_transformers  # noqa: F401
+    import torch  # noqa: F401  (the import itself is the work)
+
+
+class DaemonState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.metrics = Metrics()
+        self.nvml = Nvml()
+        self.cpu = CpuSampler()
+        self.budgets = Budgets(settings.max_cpu_memory, settings.max_cuda_memory, self.nvml)
+        self.cache = ModelCache(self.budgets, self.metrics, offline=settings.offline,
+                                default_keep_alive=settings.keep_alive,
+                                torch_ready=self.torch_ready)
+        self.metrics.watch(self.cache.list, self.known_budgets)
+        self.preload_status: list[dict[str, Any]] = []
+        self.http_urls: list[str] = []
+        self.open_listener: Callable[[str, int, str | None], Awaitable[str]] | None = None
+        self._torch: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        """Start background work; call once the socket is bound and the loop runs."""
+        self.cpu.start()
+        self.cache.start()
+        self._torch = asyncio.ensure_future(asyncio.to_thread(_import_torch))
+        self._torch.add_done_callback(self._torch_done)
+        if self.settings.preload:
+            asyncio.get_running_loop().create_task(self._preload(self.settings.preload))
+
+    def _torch_done(self, future: asyncio.Future[None]) -> None:
+        if future.exception() is not None:
+            log.error("importing torch failed: %s", future.exception())
+        else:
+            log.info("torch ready after %.2fs", time.monotonic() - self.started)
+
+    @property
+    def torch_is_ready(self) -> bool:
+        return self._torch is not None and self._torch.done() and not self._torch.exception()
+
+    async def torch_ready(self) -> None:
+        assert self._torch is not None, "DaemonState.start() was not called"
+        await asyncio.shield(self._torch)
+
+    def default_device(self) -> str:
+        if self.settings.default_device:
+            return parse_device(self.settings.default_device)
+        return "cuda:0" if cuda_device_count() else "cpu"
+
+    def known_budgets(self) -> dict[str, int]:
+        devices = {"cpu"} | {e.device for e in self.cache.list()}
+        out = {}
+        for device in sorted(devices):
+            try:
+                out[device] = self.budgets.budget(device)
+            except Exception:  # a GPU that vanished must not break /metrics
+                continue
+        return out
+
+    def spec_name(self, name: str) -> str:
+        """The cache key name for what a client calls ``name`` (loaded name or alias)."""
+        for entry in self.cache.list():
+            if name in (entry.name, entry.spec.name):
+                return entry.spec.name
+        spec = lookup(name)
+        return spec.name if spec is not None else name
+
+    def loaded_entries(self, name: str) -> list[Entry]:
+        return self.cache.find(self.spec_name(name))
+
+    async def _preload(self, items: tuple[PreloadItem, ...]) -> None:
+        await asyncio.gather(*(self._preload_one(item) for item in items))
+
+    async def _preload_one(self, item: PreloadItem) -> None:
+        status: dict[str, Any] = {"name": item.name, "device": item.device,
+                                  "state": "loading", "error": None}
+        self.preload_status.append(status)
+        try:
+            spec = spec_for(item.name, item.properties, local_paths=True)
+            if item.device:
+                device = parse_device(item.device)
+            else:
+                await self.torch_ready()
+                device = self.default_device()
+            status["device"] = device
+            await self.cache.load(spec, device, name=item.name)
+            status["state"] = "ready"
+        except ApiError as exc:
+            status.update(state="failed", error=exc.message)
+            log.error("preloading %s failed: %s", item.name, exc.message)
+        except Exception as exc:
+            status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+            log.exception("preloading %s failed", item.name)
+
+    async def close(self) -> None:
+        self.cpu.stop()
+        await self.cache.close()
