@@ -161,33 +161,33 @@ class Client:
     # -- Marqo's documented calls (shared/CONTRACT.md) -----------------------------
     def get_marqo(self) -> dict[str, Any]:
         """``GET /``: ``{"message": ..., "version": ...}``."""
-        return self.request("GET", "/")  # type: ignore[no-any-return]
+        return self.request("GET", "/")
 
     def get_loaded_models(self) -> dict[str, Any]:
         """``GET /models``: ``{"models": [{"model_name", "model_device"}]}``."""
-        return self.request("GET", "/models")  # type: ignore[no-any-return]
+        return self.request("GET", "/models")
 
     def eject_model(self, model_name: str, model_device: str | None = None) -> dict[str, Any]:
         """``DELETE /models``: eject from one device, or from every device when none is given."""
-        return self.request("DELETE", "/models",  # type: ignore[no-any-return]
+        return self.request("DELETE", "/models",
                             query={"model_name": model_name, "model_device": model_device})
 
     def get_cpu_info(self) -> dict[str, Any]:
         """``GET /device/cpu``: usage and memory as Marqo's strings."""
-        return self.request("GET", "/device/cpu")  # type: ignore[no-any-return]
+        return self.request("GET", "/device/cpu")
 
     def get_cuda_info(self) -> dict[str, Any]:
         """``GET /device/cuda``: one entry per visible GPU; 400 without CUDA."""
-        return self.request("GET", "/device/cuda")  # type: ignore[no-any-return]
+        return self.request("GET", "/device/cuda")
 
     # -- the native API --------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """``GET /v1/health``: ``{status, version, pid, uptime_s, torch_ready, ...}``."""
-        return self.request("GET", "/v1/health")  # type: ignore[no-any-return]
+        return self.request("GET", "/v1/health")
 
     def list_models(self) -> list[dict[str, Any]]:
         """Every cache entry with full detail (DESIGN.md's entry fields)."""
-        return self.request("GET", "/v1/models")["models"]  # type: ignore[no-any-return]
+        return self.request("GET", "/v1/models")["models"]
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
@@ -195,14 +195,14 @@ class Client:
         """Load ``name`` on ``device`` (waits for the load; returns the entry)."""
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
                 "properties": properties}
-        return self.request("POST", "/v1/models",  # type: ignore[no-any-return]
+        return self.request("POST", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})
 
     def update_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                      keep_alive: str | float | None = None) -> list[dict[str, Any]]:
         """Change pin or keep-alive of a loaded model; returns the entries changed."""
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive}
-        return self.request("PATCH", "/v1/models",  # type: ignore[no-any-return]
+        return self.request("PATCH", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})["models"]
 
     def eject(self, name: str | None = None, device: str | None = None, *,
@@ -213,15 +213,15 @@ class Client:
             query["all"] = "true"
         if force:
             query["force"] = "true"
-        return self.request("DELETE", "/v1/models", query=query)  # type: ignore[no-any-return]
+        return self.request("DELETE", "/v1/models", query=query)
 
     def registry(self) -> list[dict[str, Any]]:
         """Every model name the daemon knows, with family, dimensions and offline status."""
-        return self.request("GET", "/v1/registry")["models"]  # type: ignore[no-any-return]
+        return self.request("GET", "/v1/registry")["models"]
 
     def devices(self) -> dict[str, Any]:
         """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""
-        return self.request("GET", "/v1/devices")  # type: ignore[no-any-return]
+        return self.request("GET", "/v1/devices")
 
     def embeddings(self, model: str, input: str | Sequence[str], *, device: str | None = None,
                    normalize: bool | None = None, encoding_format: str | None = None,
@@ -232,7 +232,7 @@ class Client:
                            ("encoding_format", encoding_format)):
             if value is not None:
                 body[key] = value
-        return self.request("POST", "/v1/embeddings", body=body)  # type: ignore[no-any-return]
+        return self.request("POST", "/v1/embeddings", body=body)
 
     def embed(self, model: str, inputs: Sequence[str], *, device: str | None = None,
               normalize: bool | None = None) -> list[list[float]]:
@@ -251,7 +251,7 @@ class Client:
                      api_key: str | None = None) -> dict[str, Any]:
         """Ask a running daemon to open a TCP listener (Unix socket only)."""
         body = {"port": port, "host": host, "api_key": api_key}
-        return self.request("POST", "/v1/listeners",  # type: ignore[no-any-return]
+        return self.request("POST", "/v1/listeners",
                             body={k: v for k, v in body.items() if v is not None})
 
 

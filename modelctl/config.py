@@ -23,6 +23,7 @@ STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_KEEP_ALIVE_S = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Settings:
         runtime_dir = default_runtime_dir(env)
         socket_path = Path(env["MODELCTL_SOCKET"]) if env.get("MODELCTL_SOCKET") else (
             runtime_dir / SOCKET_NAME)
-        port = env.get("MODELCTL_HTTP_PORT")
+        port = _port(env.get("MODELCTL_HTTP_PORT"))
         return cls(
             runtime_dir=runtime_dir,
             socket_path=socket_path,
@@ -100,7 +101,7 @@ class Settings:
             preload=_preload(env),
             api_key=env.get("MODELCTL_API_KEY") or None,
             http_host=env.get("MODELCTL_HTTP_HOST") or "127.0.0.1",
-            http_port=int(port) if port else None,
+            http_port=port,
             default_device=env.get("MODELCTL_DEVICE") or None,
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
@@ -108,7 +109,8 @@ class Settings:
 
 
 def default_runtime_dir(env: Mapping[str, str]) -> Path:
-    """``$MODELCTL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/modelctl``, else ``/tmp/modelctl-$UID``."""
+    """``$MODELCTL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/modelctl``, else
+    ``/tmp/modelctl-$UID``."""
     if env.get("MODELCTL_RUNTIME_DIR"):
         return Path(env["MODELCTL_RUNTIME_DIR"])
     if env.get("XDG_RUNTIME_DIR"):
@@ -120,55 +122,90 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _budget(env: Mapping[str, str], ours: str, marqo: str) -> int | None:
-    try:
-        if env.get(ours):
-            return parse_size(env[ours])
-        if env.get(marqo):
-            return parse_size(env[marqo], default_unit="gb")  # Marqo's knob is in GB
-    except ValueError as exc:
-        raise InvalidArgument(f"{ours if env.get(ours) else marqo}: {exc}") from exc
-    return None
-
-
-def _keep_alive(raw: str | None) -> float | None:
+def _port(raw: str | None) -> int | None:
     if not raw:
         return None
     try:
-        return parse_duration(raw)
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise InvalidArgument(f"MODELCTL_HTTP_PORT: not a TCP port: {raw!r}")
+    return port
+
+
+def _budget(env: Mapping[str, str], ours: str, marqo: str) -> int | None:
+    """Bytes from ``ours`` (``4GiB``, ``512MB``, bytes), else from Marqo's ``marqo`` (GB)."""
+    var = ours if env.get(ours, "").strip() else marqo if env.get(marqo, "").strip() else None
+    if var is None:
+        return None
+    try:
+        # Marqo's knob is a number of GB (decimal, as Marqo's docs say); a unit is honoured.
+        value = parse_size(env[var], default_unit="gb" if var == marqo else "")
+    except ValueError as exc:
+        raise InvalidArgument(f"{var}: {exc}") from exc
+    if value <= 0:
+        raise InvalidArgument(f"{var}: a budget of {env[var]!r} fits no model; give a size "
+                              "such as 4GiB, or unset it for the default")
+    return value
+
+
+def _keep_alive(raw: str | None) -> float | None:
+    if not raw or not raw.strip():
+        return None
+    try:
+        seconds = parse_duration(raw)
     except ValueError as exc:
         raise InvalidArgument(f"MODELCTL_KEEP_ALIVE: {exc}") from exc
+    # NaN, or a float too large to add to a timestamp, would break every expiry time.
+    if seconds is not None and not 0 <= seconds <= MAX_KEEP_ALIVE_S:
+        raise InvalidArgument(f"MODELCTL_KEEP_ALIVE: {raw!r} is not a duration of at most "
+                              "100 years (-1 or never: never expire)")
+    return seconds
 
 
 def parse_preload(raw: str, source: str) -> tuple[PreloadItem, ...]:
     """A JSON list of names or ``{"model": ..., "modelProperties": {...}}`` (Marqo's shape).
 
-    A comma-separated list of names is accepted too, for ``MODELCTL_PRELOAD=a,b``.
+    One such object alone is accepted, and a comma-separated list of names, for
+    ``MODELCTL_PRELOAD=a,b``.
     """
     raw = raw.strip()
     if not raw:
         return ()
-    if not raw.startswith("["):
+    if not raw.startswith(("[", "{", '"')):
         return tuple(PreloadItem(name.strip()) for name in raw.split(",") if name.strip())
     try:
         items = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"{source} is not valid JSON: {exc}") from exc
-    out: list[PreloadItem] = []
-    for item in items if isinstance(items, list) else [items]:
-        if isinstance(item, str):
-            out.append(PreloadItem(item))
-        elif isinstance(item, dict) and isinstance(item.get("model"), str):
-            props = item.get("modelProperties") or item.get("model_properties")
-            out.append(PreloadItem(item["model"], props if isinstance(props, dict) else None,
-                                   item.get("device")))
-        else:
-            raise InvalidArgument(
-                f"{source}: each item must be a model name or {{\"model\": ..., "
-                f"\"modelProperties\": {{...}}}}, not {item!r}")
-    return tuple(out)
+    return tuple(_preload_item(item, source) for item in
+                 (items if isinstance(items, list) else [items]))
+
+
+def _preload_item(item: Any, source: str) -> PreloadItem:
+    shape = '{"model": NAME, "modelProperties": {...}}'
+    if isinstance(item, str) and item.strip():
+        return PreloadItem(item.strip())
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"{source}: each item must be a model name or {shape}, "
+                              f"not {item!r}")
+    name = item.get("model")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgument(f"{source}: {item!r} has no \"model\" name; use {shape}")
+    props = item.get("modelProperties", item.get("model_properties"))
+    if props is not None and not isinstance(props, dict):
+        raise InvalidArgument(f"{source}: modelProperties of {name!r} must be an object")
+    device = item.get("device")
+    if device is not None and not isinstance(device, str):
+        raise InvalidArgument(f"{source}: device of {name!r} must be a string")
+    return PreloadItem(name.strip(), props, device)
 
 
 def _preload(env: Mapping[str, str]) -> tuple[PreloadItem, ...]:
-    return (parse_preload(env.get("MODELCTL_PRELOAD", ""), "MODELCTL_PRELOAD")
-            + parse_preload(env.get("MARQO_MODELS_TO_PRELOAD", ""), "MARQO_MODELS_TO_PRELOAD"))
+    items = (parse_preload(env.get("MODELCTL_PRELOAD", ""), "MODELCTL_PRELOAD")
+             + parse_preload(env.get("MARQO_MODELS_TO_PRELOAD", ""), "MARQO_MODELS_TO_PRELOAD"))
+    unique: dict[tuple[str, str | None], PreloadItem] = {}
+    for item in items:  # named in both variables: load (and report) it once
+        unique.setdefault((item.name, item.device), item)
+    return tuple(unique.values())

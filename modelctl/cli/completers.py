@@ -1,35 +1,32 @@
 """Shell-completion callbacks: candidates only, fast, silent, and never start a daemon.
 
 They run inside ``_MODELCTL_COMPLETE=...`` requests, where the root callback has not run:
-the settings come from the global flags already on the command line. Any failure (no
+the settings come from the environment and the global options already on the line. Any failure (no
 daemon, a slow one, a bad flag) yields no candidates rather than a message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from modelctl.cli.state import COMPLETION_TIMEOUT, State, build_settings, static_registry
-from modelctl.client import Client
+from modelctl.cli.state import COMPLETION_TIMEOUT, get_state, static_registry
+
+if TYPE_CHECKING:
+    from modelctl.client import Client
 
 T = TypeVar("T")
-
-
-def _client(ctx: typer.Context) -> Client:
-    params = ctx.find_root().params
-    settings = build_settings(socket=params.get("socket"), url=params.get("url"),
-                              api_key=params.get("api_key"),
-                              runtime_dir=params.get("runtime_dir"))
-    return State(settings).client(timeout=COMPLETION_TIMEOUT)
 
 
 def _quietly(ctx: typer.Context, fetch: Callable[[Client], T]) -> T | None:
     """``fetch`` from the running daemon, or ``None`` when none answers (or anything fails)."""
     try:
-        client = _client(ctx)
+        state = get_state(ctx)
+        if state.surely_no_daemon():
+            return None
+        client = state.client(timeout=COMPLETION_TIMEOUT)
     except Exception:
         return None
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 import time
@@ -26,7 +25,13 @@ from modelctl.cli.params import (
 )
 from modelctl.cli.state import State, check_version, get_state
 from modelctl.config import PreloadItem, Settings
-from modelctl.errors import ApiError, DaemonNotRunning, ModelctlError
+from modelctl.errors import (
+    ApiError,
+    DaemonNotRunning,
+    MethodNotAllowed,
+    ModelctlError,
+    NotFound,
+)
 from modelctl.units import format_duration
 
 app = typer.Typer(help="Start, stop and inspect the background daemon.",
@@ -53,6 +58,8 @@ def server_settings(settings: Settings, *, http: int | None, host: str | None,
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -75,11 +82,15 @@ def _add_listener(state: State, health: dict[str, Any], settings: Settings) -> N
     client = state.socket_client()
     try:
         reply = client.add_listener(port, host, settings.api_key)
+    except (NotFound, MethodNotAllowed) as exc:
+        raise ModelctlError(
+            f"the running daemon (pid {pid}) cannot open another listener; stop it with "
+            f"`modelctl daemon stop`, then run `modelctl serve --http {port}`") from exc
     except ApiError as exc:
         raise ModelctlError(
             f"the running daemon (pid {pid}) could not listen on http://{host}:{port}: "
-            f"{exc.message}; stop it with `modelctl daemon stop` and run "
-            f"`modelctl serve --http {port}` again") from exc
+            f"{exc.message}; pick a free port, or stop the daemon (`modelctl daemon stop`) "
+            f"and run `modelctl serve --http {port}`") from exc
     finally:
         client.close()
     output.hint(f"the running daemon (pid {pid}) now also listens on "
@@ -126,7 +137,7 @@ def serve(
     except ImportError as exc:
         raise ModelctlError(f"the daemon cannot be imported ({exc}); reinstall modelctl "
                             "with its dependencies (pip install modelctl)") from exc
-    raise typer.Exit(run_daemon(settings))
+    raise typer.Exit(run_daemon(settings, foreground=True))
 
 
 @app.command("start")
@@ -197,7 +208,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         error = f" ({item['error']})" if item.get("error") else ""
         rows.append(["preload", f"{item.get('name')} on {item.get('device') or '-'}: "
                                 f"{item.get('state')}{error}"])
-    output.print_table([("DAEMON", "left"), (str(health.get("status", "ok")), "left")], rows)
+    rows.insert(0, ["status", str(health.get("status"))])
+    output.print_table([("", "left"), ("", "left")], rows, show_header=False)
 
 
 @app.command("logs")

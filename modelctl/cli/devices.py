@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from modelctl.cli import output
-from modelctl.cli.models import entry_size
+from modelctl.cli.models import entry_expiry, entry_size
 from modelctl.cli.params import JsonOpt
 from modelctl.cli.state import State, get_state
 from modelctl.errors import DaemonNotRunning
@@ -86,12 +86,12 @@ def frame(snapshot: dict[str, Any], note: str = "") -> RenderableType:
     from rich.console import Group
     from rich.text import Text
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [[
         str(e.get("name")), str(e.get("device")), str(e.get("state") or "-"),
         format_bytes(entry_size(e)), output.ago(e.get("last_used_at"), now),
         str(e.get("requests", 0)), str(e.get("in_flight", 0)),
-        "never" if e.get("pinned") else output.until(e.get("expires_at"), now),
+        entry_expiry(e, now),
     ] for e in snapshot["models"]]
     models = (output.make_table(TOP_MODEL_COLUMNS, rows) if rows
               else Text("no models loaded", style="dim"))

@@ -13,7 +13,6 @@ import typer
 from modelctl.cli import output
 from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg
 from modelctl.cli.state import get_state
-from modelctl.client import image_data_uri
 from modelctl.errors import ModelctlError
 
 if TYPE_CHECKING:
@@ -29,6 +28,8 @@ def _text(value: str) -> Callable[[], str]:
 
 def _image(path: Path) -> Callable[[], str]:
     def read() -> str:
+        from modelctl.client import image_data_uri
+
         try:
             return image_data_uri(path)
         except OSError as exc:
@@ -130,7 +131,7 @@ def embed(
                 sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
     if as_json:
-        output.print_json(records)
+        output.print_json(records, indent=None)  # a vector per line would be thousands
 
 
 def _to_npy(client: Client, name: str, items: list[Item], batch_size: int, out: Path,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +19,7 @@ from modelctl.cli.params import (
     duration_value,
     json_object_value,
 )
-from modelctl.cli.state import get_state, static_registry
+from modelctl.cli.state import State, get_state, static_registry
 from modelctl.errors import DaemonNotRunning, ModelNotInCache
 from modelctl.units import format_bytes
 
@@ -41,8 +41,17 @@ def entry_size(entry: dict[str, Any]) -> int | None:
     return int(size) if size is not None else None
 
 
+def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
+    """When keep-alive ejects it: never (pinned or no keep-alive), not while in use."""
+    if entry.get("pinned") or entry.get("keep_alive") is None:
+        return "never"
+    if entry.get("in_flight"):
+        return "in use"
+    return output.until(entry.get("expires_at"), now)
+
+
 def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
         str(entry.get("name")), str(entry.get("device")), str(entry.get("family") or "-"),
@@ -50,33 +59,37 @@ def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
         format_bytes(entry_size(entry)), output.ago(entry.get("loaded_at"), now),
         output.ago(entry.get("last_used_at"), now), str(entry.get("requests", 0)),
         "pinned" if pinned else "-",
-        "never" if pinned else output.until(entry.get("expires_at"), now),
+        entry_expiry(entry, now),
     ]
 
 
 def print_entries(entries: list[dict[str, Any]]) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
+
+
+def _loaded(state: State) -> list[dict[str, Any]] | None:
+    """The loaded entries, or ``None`` when no daemon runs on this user's socket."""
+    if state.surely_no_daemon():
+        return None
+    client = state.client(timeout=30.0)
+    try:
+        return client.list_models()
+    except DaemonNotRunning:
+        if state.settings.url:  # a server named on purpose: not answering is an error
+            raise
+        return None
+    finally:
+        client.close()
 
 
 def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List the loaded models. Never starts a daemon: with none running, nothing is loaded."""
-    state = get_state(ctx)
-    client = state.client(timeout=30.0)
-    try:
-        entries = client.list_models()
-    except DaemonNotRunning:
-        if state.settings.url:
-            raise
-        if as_json:
-            output.print_json([])
-        else:
-            output.hint("no modelctl daemon is running, so no models are loaded")
-        return
-    finally:
-        client.close()
+    entries = _loaded(get_state(ctx))
     if as_json:
-        output.print_json(entries)
+        output.print_json(entries or [])
+    elif entries is None:
+        output.hint("no modelctl daemon is running, so no models are loaded")
     elif not entries:
         output.hint("no models are loaded; load one with `modelctl load NAME`")
     else:

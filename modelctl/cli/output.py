@@ -10,10 +10,11 @@ and ``FORCE_COLOR`` itself; tests pass ``make_console(file=StringIO(), width=...
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from modelctl.units import parse_iso
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 _PIPE_WIDTH = 512
 
 _consoles: dict[str, Console] = {}
+
+# Spaces at the end of a line, before any closing escape codes.
+_TRAILING_SPACES = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$", re.MULTILINE)
 
 
 def make_console(*, file: IO[str] | None = None, width: int | None = None,
@@ -42,7 +46,7 @@ def make_console(*, file: IO[str] | None = None, width: int | None = None,
 
 
 def use_console(console: Console | None, *, stderr: bool = False) -> None:
-    """Make later output go to ``console`` (tests); ``None`` goes back to the default."""
+    """Send later output to ``console`` (tests); ``None`` goes back to the default."""
     key = "err" if stderr else "out"
     if console is None:
         _consoles.pop(key, None)
@@ -51,10 +55,9 @@ def use_console(console: Console | None, *, stderr: bool = False) -> None:
 
 
 def console(*, stderr: bool = False) -> Console:
-    key = "err" if stderr else "out"
-    if key not in _consoles:
-        _consoles[key] = make_console(stderr=stderr)
-    return _consoles[key]
+    """The console ``use_console`` set, else one on the current stdout (or stderr)."""
+    chosen = _consoles.get("err" if stderr else "out")
+    return chosen if chosen is not None else make_console(stderr=stderr)
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -69,9 +72,9 @@ def stderr_is_tty() -> bool:
 
 
 # -- plain text ------------------------------------------------------------------------
-def print_json(data: Any) -> None:
+def print_json(data: Any, indent: int | None = 2) -> None:
     """The JSON document, alone on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(json.dumps(data, indent=indent) + "\n")
     sys.stdout.flush()
 
 
@@ -96,11 +99,13 @@ Column = tuple[str, str]  # (header, justify: "left" | "right")
 
 
 def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
-               title: str | None = None, caption: str | None = None) -> Table:
+               title: str | None = None, caption: str | None = None,
+               show_header: bool = True) -> Table:
     """A borderless table (like ``docker ps``): easy to read, easy to grep."""
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  show_header=show_header,
                   title=title, title_justify="left", title_style="bold",
                   caption=caption, caption_justify="left", caption_style="dim")
     for header, justify in columns:
@@ -111,12 +116,19 @@ def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
 
 
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
-                title: str | None = None, caption: str | None = None) -> None:
-    show(make_table(columns, rows, title=title, caption=caption))
+                title: str | None = None, caption: str | None = None,
+                show_header: bool = True) -> None:
+    show(make_table(columns, rows, title=title, caption=caption, show_header=show_header))
 
 
 def show(renderable: RenderableType) -> None:
-    console().print(renderable)
+    """Print ``renderable`` on stdout without the spaces rich pads each line's end with."""
+    out = console()
+    with out.capture() as captured:
+        out.print(renderable)
+    text = _TRAILING_SPACES.sub(r"\1", captured.get())
+    out.file.write(text)
+    out.file.flush()
 
 
 def usage_bar(used: int | None, total: int | None, width: int = 20) -> Text:
@@ -167,7 +179,7 @@ def ago(iso: str | None, now: datetime | None = None) -> str:
     when = _when(iso)
     if when is None:
         return "-"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{_short((now - when).total_seconds())} ago"
 
 
@@ -176,6 +188,6 @@ def until(iso: str | None, now: datetime | None = None) -> str:
     when = _when(iso)
     if when is None:
         return "never"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     left = (when - now).total_seconds()
     return f"in {_short(left)}" if left >= 1 else "now"

@@ -42,8 +42,8 @@ KeepAliveOpt = Annotated[str | None, typer.Option(
 
 # -- the server's settings (serve, daemon start) ---------------------------------------
 HttpOpt = Annotated[int | None, typer.Option(
-    "--http", metavar="PORT", min=1, max=65535,
-    help="Also listen for HTTP on this TCP port (the Marqo-compatible API).")]
+    "--http", metavar="PORT", min=0, max=65535,
+    help="Also listen for HTTP on this TCP port (the Marqo-compatible API; 0: any free port).")]
 
 HostOpt = Annotated[str | None, typer.Option(
     "--host", metavar="HOST", help="Address for --http [default: 127.0.0.1].")]

@@ -7,16 +7,18 @@ server, and nothing is ever started.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from modelctl import __version__
-from modelctl.client import Client
+from modelctl.cli.global_options import GlobalOptions
 from modelctl.config import Settings
 from modelctl.errors import DaemonNotRunning
+
+if TYPE_CHECKING:
+    from modelctl.client import Client
 
 # Completion runs on every <TAB>: a daemon that does not answer at once is treated as absent.
 COMPLETION_TIMEOUT = 0.5
@@ -29,12 +31,16 @@ def build_settings(*, socket: Path | None = None, url: str | None = None,
         runtime_dir=runtime_dir, socket_path=socket, url=url, api_key=api_key)
 
 
-@dataclass
 class State:
-    settings: Settings
+    """``ctx.obj`` of every command (a plain class: it is on every command's import path)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
     def client(self, timeout: float | None = 600.0) -> Client:
         """A client for the daemon on the socket (or ``--url``); connects on first use."""
+        from modelctl.client import Client
+
         s = self.settings
         if s.url:
             return Client(s.url, api_key=s.api_key, timeout=timeout)
@@ -42,6 +48,8 @@ class State:
 
     def socket_client(self, timeout: float | None = 30.0) -> Client:
         """A client for this user's daemon on its socket, whatever ``--url`` says."""
+        from modelctl.client import Client
+
         return Client(socket_path=self.settings.socket_path, timeout=timeout)
 
     def started_client(self, timeout: float | None = 600.0) -> Client:
@@ -60,6 +68,10 @@ class State:
             hint(f"started modelctl daemon (pid {health.get('pid')})")
         check_version(health)
         return health, started
+
+    def surely_no_daemon(self) -> bool:
+        """No socket file: no daemon, known without importing the HTTP client."""
+        return not self.settings.url and not self.settings.socket_path.exists()
 
     def no_daemon(self, exc: DaemonNotRunning, consequence: str = "") -> DaemonNotRunning:
         """``exc`` with what to do next, for commands that need a daemon and never start one."""
@@ -80,10 +92,12 @@ def check_version(health: dict[str, Any]) -> None:
 
 
 def get_state(ctx: typer.Context) -> State:
-    obj = ctx.find_root().obj
-    if not isinstance(obj, State):  # a command invoked without the root callback (tests)
-        obj = ctx.find_root().obj = State(build_settings())
-    return obj
+    """The root callback's ``State``; during completion, one built from the global options."""
+    root = ctx.find_root()
+    if isinstance(root.obj, State):
+        return root.obj
+    given = root.obj if isinstance(root.obj, GlobalOptions) else GlobalOptions()
+    return State(build_settings(**given.as_overrides()))
 
 
 def static_registry() -> list[dict[str, Any]] | None:

@@ -8,10 +8,13 @@ contract's JSON body: never an HTML page or a plain-text 500.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,6 +32,7 @@ from modelctl.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     Unauthorized,
     Unprocessable,
 )
@@ -36,9 +40,30 @@ from modelctl.errors import (
 log = logging.getLogger("modelctl.http")
 LISTENER_KEY = "modelctl.listener"
 
+FastBody = Callable[[DaemonState], bytes]
+# GET routes without parameters that monitors poll (Marqo's /models, /device/cpu, /):
+# the Listener answers them without FastAPI's routing and dependency machinery, which
+# is most of such a request's CPU time. Each is also a FastAPI route with the same
+# body function, so /openapi.json and /docs describe it and the bytes cannot differ.
+FAST_GET: dict[str, FastBody] = {}
 
-def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+
+def fast_get(path: str) -> Callable[[FastBody], FastBody]:
+    """Register ``body(state) -> JSON bytes`` as the Listener's fast answer to GET ``path``."""
+    def register(body: FastBody) -> FastBody:
+        FAST_GET[path] = body
+        return body
+
+    return register
+
+
+class _ContractJSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dump_json(content)
+
+
+def error_response(exc: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return _ContractJSON(exc.body(), status_code=exc.status, headers=headers)
 
 
 def create_app(state: DaemonState) -> FastAPI:
@@ -70,8 +95,15 @@ def create_app(state: DaemonState) -> FastAPI:
             return error_response(NotFound(f"no route {request.method} {request.url.path}; "
                                            "see /docs for the API"))
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(
-                f"{request.method} is not allowed on {request.url.path}"))
+            return error_response(MethodNotAllowed(  # keep Allow: RFC 9110 requires it
+                f"{request.method} is not allowed on {request.url.path}"), exc.headers)
+        if isinstance(exc.__cause__, ApiError):
+            # FastAPI turns any error raised while it reads the body into a 400 "error
+            # parsing the body"; ours (a body over the limit, seen mid-stream) keep theirs.
+            return error_response(exc.__cause__)
+        if exc.status_code == 400:
+            # Bodies json.loads cannot take: bad UTF-8, nesting deeper than the recursion limit.
+            return error_response(BadRequest(f"request body cannot be parsed: {exc.detail}"))
         err = ApiError(str(exc.detail))
         err.status = exc.status_code
         err.code, err.type = "http_error", "invalid_request"
@@ -106,7 +138,9 @@ class Listener:
         self.app = app
         self.state = state
         self.kind = kind  # "unix" or "tcp"
-        self.api_key = api_key.encode() if api_key else None
+        # Kept as a digest: compared to the digest of what a client sends, so neither the
+        # key's value nor its length shows in the time a wrong guess takes.
+        self.api_key = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.max_body = state.settings.limits.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,7 +167,31 @@ class Listener:
                     f"request body over {self.max_body} bytes"))
                 return
         started = time.perf_counter()
-        await self.app(scope, self._bounded(receive), send)
+        if scope["method"] == "GET" and scope["path"] in FAST_GET:
+            try:
+                body = FAST_GET[scope["path"]](self.state)
+            except Exception:  # the app and its error boundary answer instead
+                body = None
+            if body is not None:
+                await _send_json(send, 200, body)
+                self.state.metrics.request(scope["path"], "GET", time.perf_counter() - started)
+                return
+        responded = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal responded
+            responded = responded or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._bounded(receive), tracked_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs GRACEFUL_SHUTDOWN_S after SIGTERM, and would
+            # answer with its plain-text 500; the request task ends here either way.
+            if not responded:
+                await _send_error(send, ServiceUnavailable(
+                    "the daemon stopped before this request finished"))
+            return
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         self.state.metrics.request(path, scope["method"], time.perf_counter() - started)
@@ -146,7 +204,8 @@ class Listener:
             if auth[:7].lower() == b"bearer ":
                 given = auth[7:].strip()
         # compare_digest: the time taken must not tell how much of a guess was right.
-        return given is not None and hmac.compare_digest(given, self.api_key)
+        return given is not None and hmac.compare_digest(hashlib.sha256(given).digest(),
+                                                         self.api_key)
 
     def _bounded(self, receive: Receive) -> Receive:
         seen = 0
@@ -170,8 +229,11 @@ class _BodyTooLarge(PayloadTooLarge):
 
 
 async def _send_error(send: Send, exc: ApiError) -> None:
-    body = dump_json(exc.body())
-    await send({"type": "http.response.start", "status": exc.status,
+    await _send_json(send, exc.status, dump_json(exc.body()))
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -179,8 +241,10 @@ async def _send_error(send: Send, exc: ApiError) -> None:
 
 def dump_json(content: Any) -> bytes:
     """JSON exactly as Marqo's FastAPI server writes it: compact, UTF-8, key order kept."""
+    # backslashreplace: a lone surrogate (valid in a JSON string, not in UTF-8) that a
+    # client sent and an error message echoes comes back as its JSON escape, not a 500.
     return json.dumps(content, ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":")).encode()
+                      separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
 def json_bytes(content: Any, status: int = 200) -> Response:

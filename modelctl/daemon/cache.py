@@ -7,21 +7,27 @@ happen with no ``await`` in between; loads, encodes and frees run in worker thre
 - Single-flight: the first load of a key creates the entry (state ``loading``) and every
   later request for that key awaits the same future; a failed load removes the entry
   and all waiters get the same error.
-- Leases: each use holds a lease; eject and eviction mark the entry ``ejecting`` (no new
-  lease is granted) and wait for the leases to drain before freeing.
+- Leases: each use holds a lease; eject, eviction and expiry mark the entry ``ejecting``
+  synchronously, at the moment they decide (no new lease is granted from then on), and
+  wait for the leases already out to drain before freeing.
 - Budgets: a load that does not fit evicts idle, unpinned models in LRU order, only as
   many as needed, deciding before it evicts anything; otherwise 409 naming the holders.
+  Loads on one device run one at a time, so each decision sees every earlier load
+  measured.
+- Keep-alive: a background task ejects models idle past their keep-alive; a model with
+  a lease out is never expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import ctypes
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,11 @@ from modelctl.units import format_bytes, iso_from_timestamp
 log = logging.getLogger("modelctl.cache")
 
 DRAIN_TIMEOUT_S = 60.0
+Ejected = dict[str, Any]
+# Aliases: inside ModelCache, ``list`` names its method.
+_Entries = list["Entry"]
+_Results = list[Ejected]
+_Models = list[LoadedModel]
 
 
 @dataclass(eq=False)
@@ -70,6 +81,7 @@ class Entry:
                                         .create_future())
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    ejection: asyncio.Task[Ejected] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,13 +89,19 @@ class Entry:
 
     @property
     def held_bytes(self) -> int:
-        """What this entry counts against its device's budget."""
-        measured = self.device_bytes if self.device.startswith("cuda") else self.bytes
-        return measured if measured is not None else (self.estimate or 0)
+        """What this entry counts against its device's budget: measured once loaded
+        (the allocator's delta on cuda), estimated before."""
+        for measured in ((self.device_bytes, self.bytes) if self.device.startswith("cuda")
+                         else (self.bytes,)):
+            if measured is not None:
+                return measured
+        return self.estimate or 0
 
     @property
     def expires_at(self) -> float | None:
-        if self.pinned or self.keep_alive is None or self.state != "ready":
+        """When keep-alive ejects this model; ``None`` while pinned, in use, or kept
+        forever (the clock starts again when the last request returns)."""
+        if self.pinned or self.keep_alive is None or self.state != "ready" or self.leases:
             return None
         return self.last_used + self.keep_alive
 
@@ -103,6 +121,14 @@ class Entry:
         }
 
 
+@dataclass
+class _Loaded:
+    model: LoadedModel
+    bytes: int
+    device_bytes: int | None
+    seconds: float
+
+
 class ModelCache:
     def __init__(self, budgets: Budgets, metrics: Metrics, *, offline: bool,
                  default_keep_alive: float | None, torch_ready: Callable[[], Any]) -> None:
@@ -113,6 +139,9 @@ class ModelCache:
         self.default_keep_alive = default_keep_alive
         self._torch_ready = torch_ready
         self._load_locks: dict[str, asyncio.Lock] = {}
+        # What each (model, device) measured when last loaded: the best estimate for a
+        # model that is loaded again after an eviction.
+        self._measured: dict[tuple[str, str], int] = {}
         self._loader_pool = ThreadPoolExecutor(2, thread_name_prefix="load")
         self._encode_pools: dict[str, ThreadPoolExecutor] = {}
         self._closing = False
@@ -120,10 +149,10 @@ class ModelCache:
         self._wake_reaper = asyncio.Event()
 
     # -- queries -----------------------------------------------------------------------
-    def list(self) -> list[Entry]:
+    def list(self) -> _Entries:
         return list(self.entries.values())
 
-    def find(self, spec_name: str, device: str | None = None) -> list[Entry]:
+    def find(self, spec_name: str, device: str | None = None) -> _Entries:
         return [e for e in self.entries.values()
                 if e.spec.name == spec_name and (device is None or e.device == device)]
 
@@ -131,7 +160,11 @@ class ModelCache:
     async def load(self, spec: ModelSpec, device: str, *, name: str | None = None,
                    pin: bool | None = None, keep_alive: float | None | str = "default",
                    ) -> Entry:
-        """The ready entry for (spec, device), loading it once however many ask."""
+        """The ready entry for (spec, device), loading it once however many ask.
+
+        The entry is returned with no ``await`` after its last check, so a caller that
+        takes a lease at once always gets a ready model.
+        """
         while True:
             if self._closing:
                 raise ServiceUnavailable("the daemon is shutting down")
@@ -143,11 +176,15 @@ class ModelCache:
             if entry.state == "ejecting":
                 await entry.gone.wait()  # never hand out a copy that is being freed
                 continue
-            await asyncio.shield(entry.ready)
+            if entry.state == "loading":
+                await asyncio.shield(entry.ready)  # raises the load's error
+                continue  # look again: it may have been evicted before we woke up
             if pin is not None:
                 entry.pinned = pin
             if keep_alive != "default":
                 entry.keep_alive = keep_alive  # type: ignore[assignment]
+            entry.last_used = time.time()  # asking for a model is using it (LRU, expiry)
+            self._wake_reaper.set()
             return entry
 
     def _start_load(self, spec: ModelSpec, device: str, name: str, pin: bool,
@@ -156,7 +193,7 @@ class ModelCache:
         entry.drained.set()
         entry.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         self.entries[entry.key] = entry
-        asyncio.get_running_loop().create_task(self._run_load(entry))
+        self._spawn(self._run_load(entry))
         return entry
 
     async def _run_load(self, entry: Entry) -> None:
@@ -168,30 +205,43 @@ class ModelCache:
             # One load at a time per device: the room a load needs is decided with every
             # earlier load already measured, and the allocator delta is this load's alone.
             async with lock:
-                entry.estimate = await loop.run_in_executor(
+                entry.estimate = self._measured.get(entry.key) or await loop.run_in_executor(
                     self._loader_pool, loaders.estimate_bytes, entry.spec, self.offline)
                 await self._make_room(entry)
-                started = time.perf_counter()
-                before = self.budgets.allocated(entry.device)
-                model = await loop.run_in_executor(
-                    self._loader_pool, loaders.load, entry.spec, entry.device, self.offline)
-                entry.load_seconds = round(time.perf_counter() - started, 3)
-                entry.bytes = await loop.run_in_executor(self._loader_pool, model.measure_bytes)
-                after = self.budgets.allocated(entry.device)
-                if before is not None and after is not None:
-                    entry.device_bytes = after - before
-            entry.model = model
-            entry.batcher = Batcher(model, self._encode_pool(entry.device), self.metrics,
-                                    label=(entry.name, entry.device))
-            entry.loaded_at = entry.last_used = time.time()
-            entry.state = "ready"
+                loaded = await loop.run_in_executor(
+                    self._loader_pool, self._load_blocking, entry.spec, entry.device)
+                entry.model = loaded.model
+                entry.bytes, entry.device_bytes = loaded.bytes, loaded.device_bytes
+                entry.load_seconds = round(loaded.seconds, 3)
+                self._measured[entry.key] = entry.held_bytes
+                entry.batcher = Batcher(loaded.model, self._encode_pool(entry.device),
+                                        self.metrics, label=(entry.name, entry.device))
+                del loaded
+                # The estimate was a guess (fp16 weights load as fp32, say): if the
+                # measured size broke the budget, evict idle models until it holds again.
+                await self._evict(self.budgets.choose_victims(
+                    entry.device, 0, self._staying(entry.device), entry.name, strict=False),
+                    for_name=entry.name)
+                over = self.budgets.shortfall(entry.device, 0, self._staying(entry.device))
+                if over > 0:
+                    log.warning("%s is %s over its budget after loading %s, which is "
+                                "larger than estimated; what holds the rest is pinned or in "
+                                "use", entry.device, format_bytes(over), entry.name)
+                entry.loaded_at = entry.last_used = time.time()
+                entry.state = "ready"
             self.metrics.loaded(entry)
             log.info("loaded %s on %s: %s in %.2fs", entry.name, entry.device,
                      format_bytes(entry.held_bytes), entry.load_seconds)
             entry.ready.set_result(None)
             self._wake_reaper.set()
         except BaseException as exc:
-            self.entries.pop(entry.key, None)
+            if self.entries.get(entry.key) is entry:
+                del self.entries[entry.key]
+            holder = [entry.model] if entry.model is not None else []
+            entry.model = None
+            if entry.batcher is not None:
+                entry.batcher.close()
+                entry.batcher = None
             entry.gone.set()
             self.metrics.load_failed(entry)
             if not isinstance(exc, ApiError):
@@ -200,8 +250,23 @@ class ModelCache:
                 log.warning("loading %s on %s failed: %s", entry.name, entry.device, exc)
             entry.ready.set_exception(exc if isinstance(exc, Exception) else
                                       ServiceUnavailable("load cancelled"))
-            gc.collect()
-            self.budgets.release_cached(entry.device)
+            with contextlib.suppress(RuntimeError):  # the pool is gone at shutdown
+                await loop.run_in_executor(self._loader_pool, self._free, holder, entry.device)
+
+    def _load_blocking(self, spec: ModelSpec, device: str) -> _Loaded:
+        """Load and measure in a worker thread (cuda synchronisation blocks)."""
+        before = self.budgets.allocated(device)
+        started = time.perf_counter()
+        model = loaders.load(spec, device, self.offline)
+        seconds = time.perf_counter() - started
+        size = model.measure_bytes()
+        after = self.budgets.allocated(device)
+        # Give back what the load used only on the way (a checkpoint's state dict, a cpu
+        # copy before the move to cuda), so the daemon's RSS and NVML's used memory show
+        # what the model holds, and an eject's freed bytes are the model's alone.
+        self._free([], device)
+        device_bytes = after - before if before is not None and after is not None else None
+        return _Loaded(model, size, device_bytes, seconds)
 
     def _encode_pool(self, device: str) -> ThreadPoolExecutor:
         # One encoding thread per device: models on one device share its cores (or its
@@ -212,16 +277,41 @@ class ModelCache:
                 1, thread_name_prefix=f"encode-{device}")
         return pool
 
+    def _staying(self, device: str, but: Entry | None = None) -> _Entries:
+        return [e for e in self.entries.values()
+                if e.device == device and e is not but and e.state != "ejecting"]
+
     async def _make_room(self, entry: Entry) -> None:
+        """Evict what ``entry``'s load needs, or raise 409 having evicted nothing."""
         needed = entry.estimate or 0
-        others = [e for e in self.entries.values()
-                  if e.device == entry.device and e is not entry and e.state != "ejecting"]
-        victims = self.budgets.choose_victims(entry.device, needed, others, entry.spec.name)
+        staying = self._staying(entry.device, but=entry)
+        victims = self.budgets.choose_victims(entry.device, needed, staying, entry.name)
+        eviction = self._evict(victims, for_name=entry.name)
+        # Models already being ejected hold their memory until freed; when the room
+        # counted on them, wait for them too.
+        leaving = [e for e in self.entries.values()
+                   if e.device == entry.device and e.state == "ejecting" and e not in victims]
+        remaining = [e for e in staying if e not in victims]
+        if self.budgets.shortfall(entry.device, needed, remaining + leaving) <= 0:
+            leaving = []
+        await eviction
+        for other in leaving:
+            assert other.ejection is not None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(other.ejection)
+
+    def _evict(self, victims: _Entries, *, for_name: str) -> Awaitable[Any]:
+        """Start evicting ``victims`` now (no await before their state flips); the
+        returned awaitable finishes when their memory is freed."""
+        ejections = []
         for victim in victims:
-            log.info("evicting %s from %s to make room for %s", victim.name, victim.device,
-                     entry.name)
+            log.info("evicting %s from %s (%s, idle since %s) to make room for %s",
+                     victim.name, victim.device, format_bytes(victim.held_bytes),
+                     iso_from_timestamp(victim.last_used), for_name)
             self.metrics.evicted(victim)
-        await asyncio.gather(*(self._eject(v, force=False, reason="evict") for v in victims))
+            ejections.append(asyncio.shield(
+                self._begin_eject(victim, force=False, reason="evict")))
+        return asyncio.gather(*ejections)
 
     # -- leases ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -245,71 +335,103 @@ class ModelCache:
 
     # -- eject -------------------------------------------------------------------------
     async def eject(self, spec_name: str, device: str | None, *, force: bool = False,
-                    ) -> list[dict[str, Any]]:
+                    ) -> _Results:
         """Eject ``spec_name`` from ``device`` (or from every device); report bytes freed."""
-        targets = [e for e in self.find(spec_name, device) if e.state != "ejecting"]
-        if not targets:
+        targets = self.find(spec_name, device)
+        results = [r for r in await self._eject_all(targets, force) if r is not None]
+        if not results:
             where = f" device `{display_device(device)}`" if device else ""
             raise ModelNotInCache(f"The model_name `{spec_name}`{where} is not cached or found")
-        return list(await asyncio.gather(*(self._eject(e, force) for e in targets)))
+        return results
 
-    async def eject_all(self, device: str | None, *, force: bool = False,
-                        ) -> list[dict[str, Any]]:
-        targets = [e for e in self.entries.values()
-                   if (device is None or e.device == device) and e.state != "ejecting"]
-        return list(await asyncio.gather(*(self._eject(e, force) for e in targets)))
+    async def eject_all(self, device: str | None, *, force: bool = False) -> _Results:
+        targets = [e for e in self.entries.values() if device is None or e.device == device]
+        return [r for r in await self._eject_all(targets, force) if r is not None]
 
-    async def _eject(self, entry: Entry, force: bool, reason: str = "eject") -> dict[str, Any]:
-        if entry.state == "loading":
-            with contextlib.suppress(Exception):
-                await asyncio.shield(entry.ready)
-            if entry.state != "ready":  # the load failed: nothing to free
-                return self._ejected(entry, 0, None)
-        entry.state = "ejecting"
-        if not force:
-            try:
-                await asyncio.wait_for(entry.drained.wait(), DRAIN_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("%s on %s still had %d request(s) after %.0fs; ejecting anyway",
-                            entry.name, entry.device, entry.leases, DRAIN_TIMEOUT_S)
-        self.entries.pop(entry.key, None)
-        model, entry.model = entry.model, None
-        if entry.batcher is not None:
-            entry.batcher.close()
-            entry.batcher = None
-        loop = asyncio.get_running_loop()
-        freed_rss, freed_device = await loop.run_in_executor(
-            self._loader_pool, self._free, model, entry.device)
-        entry.gone.set()
-        if reason == "eject":
-            self.metrics.ejected(entry)
-        elif reason == "expire":
-            self.metrics.expired(entry)
-        self.metrics.unloaded(entry)
+    async def _eject_all(self, targets: _Entries, force: bool) -> builtins.list[Ejected | None]:
+        # Every ready target is marked ejecting here, before the first await.
+        waits = [asyncio.shield(self._begin_eject(e, force=force, reason="eject"))
+                 if e.state != "loading" else self._eject_when_loaded(e, force)
+                 for e in targets]
+        return list(await asyncio.gather(*waits))
+
+    async def _eject_when_loaded(self, entry: Entry, force: bool) -> Ejected | None:
+        """Eject a model that is loading once it is ready; ``None`` if its load failed."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(entry.ready)
+        if entry.ejection is None and (entry.state != "ready"
+                                       or self.entries.get(entry.key) is not entry):
+            return None
+        return await asyncio.shield(self._begin_eject(entry, force=force, reason="eject"))
+
+    def _begin_eject(self, entry: Entry, *, force: bool, reason: str) -> asyncio.Task[Ejected]:
+        """Mark ``entry`` ejecting and free it in a task; join an ejection under way.
+
+        Synchronous on purpose: the caller decided with no await in between, and from
+        here on ``lease`` refuses the entry, so a model chosen because it was idle stays
+        idle until it is freed.
+        """
+        if entry.ejection is None:
+            entry.state = "ejecting"
+            entry.ejection = self._spawn(self._finish_eject(entry, force, reason))
+        elif force:
+            entry.drained.set()  # a forced eject stops waiting for requests in flight
+        return entry.ejection
+
+    async def _finish_eject(self, entry: Entry, force: bool, reason: str) -> Ejected:
+        try:
+            if not force:
+                try:
+                    await asyncio.wait_for(entry.drained.wait(), DRAIN_TIMEOUT_S)
+                except TimeoutError:
+                    log.warning("%s on %s still had %d request(s) after %.0fs; ejecting "
+                                "anyway", entry.name, entry.device, entry.leases,
+                                DRAIN_TIMEOUT_S)
+            # The model leaves the entry and the batcher here, and the event loop holds
+            # no other reference: ``_free`` drops the last one in its thread.
+            holder = [entry.model] if entry.model is not None else []
+            entry.model = None
+            if entry.batcher is not None:
+                entry.batcher.close()
+                entry.batcher = None
+            freed_rss, freed_device = await asyncio.get_running_loop().run_in_executor(
+                self._loader_pool, self._free, holder, entry.device)
+            if reason == "eject":
+                self.metrics.ejected(entry)
+            elif reason == "expire":
+                self.metrics.expired(entry)
+            self.metrics.unloaded(entry)
+        finally:
+            # Listed as ejecting until its memory is back: what ls shows is what is held.
+            if self.entries.get(entry.key) is entry:
+                del self.entries[entry.key]
+            entry.gone.set()
         log.info("%s %s from %s: freed %s", reason, entry.name, entry.device,
                  format_bytes(freed_device if freed_device is not None else freed_rss))
-        return self._ejected(entry, freed_rss, freed_device)
-
-    @staticmethod
-    def _ejected(entry: Entry, freed_rss: int, freed_device: int | None) -> dict[str, Any]:
         return {"name": entry.name, "canonical_name": entry.spec.name,
                 "device": entry.device, "bytes": entry.bytes,
                 "device_bytes": entry.device_bytes,
                 "bytes_freed": freed_device if freed_device is not None else freed_rss,
-                "rss_freed": freed_rss, "device_bytes_freed": freed_device}
+                "rss_freed": freed_rss, "device_bytes_freed": freed_device,
+                "reason": reason}
 
-    def _free(self, model: LoadedModel | None, device: str) -> tuple[int, int | None]:
-        """Drop the model and hand its memory back; return (RSS freed, allocator freed)."""
+    def _free(self, holder: _Models, device: str) -> tuple[int, int | None]:
+        """Drop the model in ``holder`` and hand its memory back to the OS or driver;
+        return (RSS freed, allocator bytes freed)."""
         process = psutil.Process()
         rss_before = process.memory_info().rss
         allocated_before = self.budgets.allocated(device)
-        if model is not None:
-            model.release()
-        del model
+        while holder:
+            model = holder.pop()
+            model.release()  # drops the tensors even if something still holds the object
+            del model
+        # Modules hold reference cycles (hooks, parent links): collect them now, not at
+        # some later allocation.
         gc.collect()
         self.budgets.release_cached(device)
-        if device == "cpu":
-            _malloc_trim()
+        # glibc keeps freed heap pages (and whole arenas of worker threads) mapped;
+        # malloc_trim hands them back, on cuda too (a model passes through host memory).
+        _malloc_trim()
         rss_after = process.memory_info().rss
         allocated_after = self.budgets.allocated(device)
         freed_device = (allocated_before - allocated_after
@@ -322,25 +444,30 @@ class ModelCache:
 
     async def _reap_forever(self) -> None:
         while True:
+            self._wake_reaper.clear()
             now = time.time()
             next_due = None
             for entry in list(self.entries.values()):
-                due = entry.expires_at
-                if due is None or entry.leases:
+                due = entry.expires_at  # None while pinned, in use, loading, ejecting
+                if due is None:
                     continue
                 if due <= now:
-                    log.info("%s on %s idle past its keep-alive", entry.name, entry.device)
-                    asyncio.get_running_loop().create_task(
-                        self._eject(entry, force=False, reason="expire"))
+                    log.info("%s on %s idle past its keep-alive (%ss)", entry.name,
+                             entry.device, entry.keep_alive)
+                    self._begin_eject(entry, force=False, reason="expire")
                 else:
                     next_due = due if next_due is None else min(next_due, due)
-            self._wake_reaper.clear()
             timeout = 3600.0 if next_due is None else max(0.01, next_due - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_reaper.wait(), timeout)
 
     def wake(self) -> None:
         self._wake_reaper.set()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(_log_failure)
+        return task
 
     async def close(self) -> None:
         """Refuse new loads; let in-flight work finish (uvicorn bounds the wait)."""
@@ -353,6 +480,13 @@ class ModelCache:
         for pool in self._encode_pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
         self._loader_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, ApiError):
+            log.error("background task failed: %r", exc, exc_info=exc)
 
 
 def _malloc_trim() -> None:

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelctl.daemon.app import LISTENER_KEY
 from modelctl.daemon.devices import parse_device
-from modelctl.daemon.images import DATA_URI_PREFIX, decode_images
+from modelctl.daemon.images import DATA_URI_PREFIX, decode_images, refuse_other_data_uri
 from modelctl.daemon.loaders import spec_for
 from modelctl.daemon.state import DaemonState
-from modelctl.errors import InvalidArgument, PayloadTooLarge
+from modelctl.errors import BadRequest, InvalidArgument, PayloadTooLarge
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -50,6 +50,10 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
         if len(text) > limits.max_text_chars and not text.startswith(DATA_URI_PREFIX):
             raise PayloadTooLarge(f"a text of {len(text)} characters; the limit is "
                                   f"{limits.max_text_chars}")
+        refuse_other_data_uri(text)
+        if not text.isascii() and not _is_unicode(text):
+            raise BadRequest("input holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                             "which is not text; tokenizers cannot take it")
     entry = await _entry_for(state, request, body)
     if images and "image" not in entry.spec.modalities:
         raise InvalidArgument(f"{body.model} embeds text only; images need a CLIP model")
@@ -69,11 +73,23 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
                     media_type="application/json")
 
 
+def _is_unicode(text: str) -> bool:
+    # JSON may carry "\\ud800"; Python keeps it in a str, UTF-8 (and every tokenizer) won't.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsRequest):  # type: ignore[no-untyped-def]
     """The ready entry to use: where it is loaded, else load it (registry names only)."""
     device = parse_device(body.device) if body.device else None
-    loaded = [e for e in state.loaded_entries(body.model)
-              if (device is None or e.device == device) and e.state != "ejecting"]
+    # A copy being ejected (evicted, expired) still names the spec to reload, custom
+    # models included; cache.load waits until it is freed. A ready copy comes first.
+    loaded = sorted((e for e in state.loaded_entries(body.model)
+                     if device is None or e.device == device),
+                    key=lambda e: e.state != "ready")
     if loaded:
         entry = loaded[0]
         return await state.cache.load(entry.spec, entry.device)

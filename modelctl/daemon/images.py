@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,19 @@ if TYPE_CHECKING:
     from modelctl.config import Limits
 
 DATA_URI_PREFIX = "data:image/"
+# RFC 2397's ``data:<type>/<subtype>[;params],``: a string that starts so is a file, not text.
+_DATA_URI = re.compile(r"data:([a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+)[^,\s]*,", re.IGNORECASE)
+
+
+def refuse_other_data_uri(text: str) -> None:
+    """400 for a data URI of anything but an image: embedding its base64 as text is
+    never what the sender meant."""
+    if text.startswith(("data:", "DATA:", "Data:")) and not text.startswith(DATA_URI_PREFIX):
+        match = _DATA_URI.match(text)
+        if match:
+            raise BadRequest(f"an input is a data: URI of type {match.group(1)[:100]}; only "
+                             "data:image/<type>;base64, URIs are accepted (as images, by "
+                             "CLIP models), and texts are sent as plain strings")
 
 
 def decode_images(uris: list[str], limits: Limits) -> list[Image]:

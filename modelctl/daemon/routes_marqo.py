@@ -9,7 +9,7 @@ import psutil
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from modelctl.daemon.app import json_bytes
+from modelctl.daemon.app import dump_json, fast_get, json_bytes
 from modelctl.daemon.devices import (
     NO_CUDA_MESSAGE,
     cuda_device_count,
@@ -29,20 +29,34 @@ router = APIRouter(tags=["marqo"])
 
 
 def _state(request: Request) -> DaemonState:
-    return request.app.state.daemon  # type: ignore[no-any-return]
+    return request.app.state.daemon
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+@fast_get("/")
+def root_body(state: DaemonState) -> bytes:
+    return dump_json({"message": "Welcome to modelctl, a Marqo-compatible model cache",
+                      "version": state.version})
 
 
 @router.get("/", summary="Version (read by Marqo's 3.x client)")
 async def root(request: Request) -> Response:
-    return json_bytes({"message": "Welcome to modelctl, a Marqo-compatible model cache",
-                       "version": _state(request).version})
+    return _json(root_body(_state(request)))
+
+
+@fast_get("/models")
+def models_body(state: DaemonState) -> bytes:
+    return dump_json({"models": [
+        {"model_name": e.name, "model_device": display_device(e.device)}
+        for e in state.cache.list() if e.state == "ready"]})
 
 
 @router.get("/models", summary="Loaded models (Marqo)")
 async def get_models(request: Request) -> Response:
-    models = [{"model_name": e.name, "model_device": display_device(e.device)}
-              for e in _state(request).cache.list() if e.state == "ready"]
-    return json_bytes({"models": models})
+    return _json(models_body(_state(request)))
 
 
 @router.delete("/models", summary="Eject a model (Marqo)", responses={
@@ -68,9 +82,8 @@ async def delete_models(request: Request,
         await state.cache.eject(state.spec_name(model_name), device)
     except ModelNotInCache:
         raise not_found from None
-    return json_bytes({"result": "success", "message":
-                       f"successfully eject model_name `{model_name}` from device "
-                       f"`{model_device}`"})
+    return json_bytes({"result": "success",
+                       "message": eject_message(model_name, [model_device])})
 
 
 async def _eject_everywhere(state: DaemonState, model_name: str) -> Response:
@@ -82,20 +95,29 @@ async def _eject_everywhere(state: DaemonState, model_name: str) -> Response:
     except ModelNotInCache:
         raise not_found from None
     devices = [display_device(e["device"]) for e in ejected]
+    return json_bytes({"result": "success", "message": eject_message(model_name, devices)})
+
+
+def eject_message(model_name: str, devices: list[str]) -> str:
+    """Marqo's success message; for several devices, modelctl's plural form (CONTRACT.md)."""
     where = (f"device `{devices[0]}`" if len(devices) == 1
              else "devices " + ", ".join(f"`{d}`" for d in devices))
-    return json_bytes({"result": "success",
-                       "message": f"successfully eject model_name `{model_name}` from {where}"})
+    return f"successfully eject model_name `{model_name}` from {where}"
+
+
+@fast_get("/device/cpu")
+def cpu_body(state: DaemonState) -> bytes:
+    vm = psutil.virtual_memory()
+    return dump_json({
+        "cpu_usage_percent": f"{state.cpu.percent:.1f} %",
+        "memory_used_percent": f"{vm.percent:.1f} %",
+        "memory_used_gb": f"{vm.used / 1e9:.1f}",
+    })
 
 
 @router.get("/device/cpu", summary="CPU and memory use (Marqo)")
 async def device_cpu(request: Request) -> Response:
-    vm = psutil.virtual_memory()
-    return json_bytes({
-        "cpu_usage_percent": f"{_state(request).cpu.percent:.1f} %",
-        "memory_used_percent": f"{vm.percent:.1f} %",
-        "memory_used_gb": f"{vm.used / 1e9:.1f}",
-    })
+    return _json(cpu_body(_state(request)))
 
 
 @router.get("/device/cuda", summary="CUDA devices (Marqo)", responses={

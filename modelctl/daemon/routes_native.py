@@ -20,6 +20,7 @@ from modelctl.errors import InvalidArgument, ModelNotInCache
 from modelctl.units import parse_duration
 
 router = APIRouter(prefix="/v1", tags=["native"])
+MAX_KEEP_ALIVE_S = 100 * 365 * 86400.0
 metrics_router = APIRouter(tags=["native"])
 
 
@@ -36,9 +37,15 @@ def _keep_alive(value: float | str | None) -> float | None | str:
     if value is None:
         return "default"
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise InvalidArgument(f"keep_alive: {exc}") from None
+    # NaN, infinity or 1e300 would be stored, and every later listing would fail to
+    # render its expiry time: refuse them here.
+    if seconds is not None and not 0 <= seconds <= MAX_KEEP_ALIVE_S:
+        raise InvalidArgument(f"keep_alive: {value!r} is not a duration of at most 100 "
+                              "years (-1 or \"never\" means never expire)")
+    return seconds
 
 
 class LoadRequest(BaseModel):

@@ -25,7 +25,7 @@ from typing import Any
 
 from modelctl import __version__
 from modelctl.config import Settings
-from modelctl.errors import DaemonError, ModelctlError
+from modelctl.errors import DaemonError, InvalidArgument, ModelctlError
 from modelctl.runtime import (
     EXIT_ALREADY_RUNNING,
     DaemonLock,
@@ -61,9 +61,10 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a NUL in the host
         sock.close()
-        raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DaemonError(f"cannot listen on {host}:{port}: {reason}") from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -136,7 +137,10 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
         tasks.append(asyncio.get_running_loop().create_task(server.serve(sockets=[sock])))
 
     async def open_listener(host: str, port: int, api_key: str | None) -> str:
-        sock = bind_tcp(host, port)
+        try:
+            sock = bind_tcp(host, port)
+        except DaemonError as exc:  # the request's host or port: the client's error
+            raise InvalidArgument(exc.message) from exc
         url = tcp_url(sock)
         serve(sock, "tcp", api_key)
         _warn_if_exposed(host, api_key)

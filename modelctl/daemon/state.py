@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from modelctl import __version__
@@ -24,6 +25,10 @@ from modelctl.daemon.metrics import Metrics
 from modelctl.errors import ApiError
 
 log = logging.getLogger("modelctl.daemon")
+
+# Present wherever an NVIDIA GPU can be used (the driver's device nodes; WSL's /dev/dxg).
+_NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/gpus",
+                        "/dev/dxg")
 
 
 def _import_torch() -> None:
@@ -46,11 +51,11 @@ class DaemonState:
         self.cache = ModelCache(self.budgets, self.metrics, offline=settings.offline,
                                 default_keep_alive=settings.keep_alive,
                                 torch_ready=self.torch_ready)
-        self.metrics.watch(self.cache.list, self.known_budgets)
+        self._torch: asyncio.Future[None] | None = None
+        self.metrics.watch(self.cache.list, self.known_budgets)  # calls known_budgets now
         self.preload_status: list[dict[str, Any]] = []
         self.http_urls: list[str] = []
         self.open_listener: Callable[[str, int, str | None], Awaitable[str]] | None = None
-        self._torch: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         """Start background work; call once the socket is bound and the loop runs."""
@@ -82,6 +87,8 @@ class DaemonState:
 
     def known_budgets(self) -> dict[str, int]:
         devices = {"cpu"} | {e.device for e in self.cache.list()}
+        if self.torch_is_ready:
+            devices |= {f"cuda:{i}" for i in range(cuda_device_count())}
         out = {}
         for device in sorted(devices):
             try:
@@ -101,18 +108,34 @@ class DaemonState:
     def loaded_entries(self, name: str) -> list[Entry]:
         return self.cache.find(self.spec_name(name))
 
-    async def _preload(self, items: tuple[PreloadItem, ...]) -> None:
-        await asyncio.gather(*(self._preload_one(item) for item in items))
+    def _device_before_torch(self) -> str | None:
+        """The default device if it is known without torch, else ``None``.
 
-    async def _preload_one(self, item: PreloadItem) -> None:
-        status: dict[str, Any] = {"name": item.name, "device": item.device,
-                                  "state": "loading", "error": None}
-        self.preload_status.append(status)
+        Preloads enter the cache (and ``ls``, as loading) at once when their device is
+        known; whether CUDA works needs torch, unless this machine has no NVIDIA driver.
+        """
+        if self.settings.default_device:
+            return parse_device(self.settings.default_device)
+        if self.torch_is_ready:
+            return self.default_device()
+        if not any(Path(p).exists() for p in _NVIDIA_DEVICE_FILES):
+            return "cpu"
+        return None
+
+    async def _preload(self, items: tuple[PreloadItem, ...]) -> None:
+        # Every item is in preload_status (/v1/health) before the first load starts.
+        statuses = [{"name": item.name, "device": item.device, "state": "loading",
+                     "error": None} for item in items]
+        self.preload_status.extend(statuses)
+        await asyncio.gather(*(self._preload_one(item, status)
+                               for item, status in zip(items, statuses, strict=True)))
+
+    async def _preload_one(self, item: PreloadItem, status: dict[str, Any]) -> None:
+        """Load one preload item; a failure is logged and kept in ``status``, never fatal."""
         try:
             spec = spec_for(item.name, item.properties, local_paths=True)
-            if item.device:
-                device = parse_device(item.device)
-            else:
+            device = parse_device(item.device) if item.device else self._device_before_torch()
+            if device is None:
                 await self.torch_ready()
                 device = self.default_device()
             status["device"] = device

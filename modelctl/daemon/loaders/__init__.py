@@ -30,7 +30,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def is_local_path(text: str) -> bool:
-    return text.startswith(("/", "./", "../", "~")) or text.startswith("file://")
+    # Any leading "." counts: hub repo ids never start with one, and resolve_hub_dir
+    # treats "." and ".." as directories of the daemon's.
+    return text.startswith(("/", ".", "~", "file:"))
 
 
 def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool) -> ModelSpec:
@@ -45,6 +47,8 @@ def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool)
         return _custom_spec(name, properties, local_paths=local_paths)
     spec = lookup(name)
     if spec is not None:
+        if spec.source.startswith("hf-hub:") and is_local_path(spec.source[7:]):
+            _check_local_allowed(local_paths, name)  # hf-hub:/dir is a directory here
         return spec
     if is_local_path(name):
         _check_local_allowed(local_paths, name)
@@ -81,7 +85,9 @@ def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> Mode
         raise InvalidArgument("properties.dimensions must be an integer")
     if tokens is not None and (not isinstance(tokens, int) or not 1 <= tokens <= 65536):
         raise InvalidArgument("properties.tokens must be a positive integer")
-    if size_gb is not None and (not isinstance(size_gb, (int, float)) or size_gb < 0):
+    # A range check, not just a sign check: NaN or 1e300 GB would fail int() below.
+    if size_gb is not None and (not isinstance(size_gb, (int, float))
+                                or not 0 <= size_gb <= 1_000_000):
         raise InvalidArgument("properties.model_size must be a number of GB")
     checkpoint = props.get("localpath")
     url = props.get("url")
@@ -96,8 +102,9 @@ def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> Mode
             raise InvalidArgument("properties.localpath must be a string")
         _check_local_allowed(local_paths, checkpoint)
         checkpoint = str(Path(checkpoint.removeprefix("file://")).expanduser())
-    if is_local_path(source):
+    if is_local_path(source.removeprefix("hf-hub:")):
         _check_local_allowed(local_paths, source)
+    if is_local_path(source):
         source = str(Path(source.removeprefix("file://")).expanduser())
     if family in ("sbert", "hf") and checkpoint is not None:
         source = checkpoint  # Marqo: a local directory of the model

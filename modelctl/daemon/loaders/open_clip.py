@@ -8,6 +8,7 @@ with ``weights_only=True``.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,16 @@ class OpenClipModel(LoadedModel):
     def __init__(self, spec: ModelSpec, device: str, offline: bool) -> None:
         super().__init__(spec, device)
         model_name, pretrained = _locate(spec, offline)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, weights_only=True,
-            pretrained_text=False)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device, weights_only=True,
+                pretrained_text=False)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if pretrained is not None and Path(pretrained).is_file():
+                raise _checkpoint_error(Path(pretrained), model_name, exc) from exc
+            raise
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -55,7 +63,8 @@ class OpenClipModel(LoadedModel):
     def encode_texts(self, texts: list[str], normalize: bool | None
                      ) -> tuple[np.ndarray, list[int]]:
         normalize = self.spec.normalize if normalize is None else normalize
-        out, counts = [], []
+        out: list[np.ndarray] = []
+        counts: list[int] = []
         with torch.inference_mode():
             for start in range(0, len(texts), _CHUNK):
                 tokens = self.tokenizer(texts[start:start + _CHUNK])
@@ -75,6 +84,41 @@ class OpenClipModel(LoadedModel):
         return np.concatenate(out).astype(np.float32)
 
 
+def _checkpoint_error(path: Path, arch: str, exc: Exception) -> InvalidArgument:
+    """Say whether the file itself is bad or only does not fit ``arch``.
+
+    Runs only after a load failed, so reading the file once more costs nothing on the
+    good path (and ``mmap`` makes it cheap for torch's zip format anyway).
+    """
+    reason = _reason(exc)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            load_file(str(path), device="cpu")
+        else:
+            torch.load(path, map_location="cpu", weights_only=True,
+                       mmap=zipfile.is_zipfile(path))
+    except Exception as again:
+        return InvalidArgument(f"the checkpoint {path} is corrupt, truncated or not a plain "
+                               f"weights file: {_reason(again)}")
+    return InvalidArgument(f"the checkpoint {path} does not fit the architecture {arch}: "
+                           f"{reason}")
+
+
+def _reason(exc: Exception) -> str:
+    """One line of why, without torch's advice to retry with ``weights_only=False``."""
+    paragraphs = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
+    if paragraphs and paragraphs[0].startswith("Weights only load failed") and \
+            len(paragraphs) > 1:
+        return f"the weights-only unpickler refused it ({paragraphs[1][:300]})"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__ if not isinstance(exc, EOFError) else "the file is empty"
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 def _output_dim(model: torch.nn.Module) -> int:
     projection = getattr(model, "text_projection", None)
     if isinstance(projection, torch.Tensor):
@@ -84,8 +128,9 @@ def _output_dim(model: torch.nn.Module) -> int:
     embed_dim = getattr(getattr(model, "visual", None), "output_dim", None)
     if embed_dim:
         return int(embed_dim)
+    clip: Any = model  # a CLIP module; torch's stubs type its attributes as tensors
     with torch.inference_mode():
-        return int(model.encode_text(torch.zeros(1, 77, dtype=torch.long)).shape[-1])
+        return int(clip.encode_text(torch.zeros(1, 77, dtype=torch.long)).shape[-1])
 
 
 def _locate(spec: ModelSpec, offline: bool) -> tuple[str, str | None]:

@@ -1,22 +1,33 @@
-"""sentence-transformers models (Marqo's ``sbert`` family)."""
+"""sentence-transformers models (Marqo's ``sbert`` family).
+
+Texts run through the model's own modules (its tokenizer, transformer, pooling and, if
+it has one, its ``Normalize``), exactly as ``SentenceTransformer.encode`` runs them, so
+vectors and truncation (the model's ``max_seq_length``) are the library's. The loop is
+ours for two reasons: the passes are cut by length (``padding.plan_passes``), which
+matters when a batch is a mix of many clients' texts, and the attention mask of each
+pass tells how many tokens each text used, without tokenizing twice.
+
+``normalize``: ``None`` (the default) gives what the model's modules give: unit vectors
+when the model ends in ``Normalize`` (all-MiniLM-L6-v2 does), raw ones when it does not.
+``True`` scales to unit length; ``False`` skips a ``Normalize`` module, so the vectors
+are the pooled ones.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import batch_to_device
 
 from modelctl.daemon.loaders.base import LoadedModel
+from modelctl.daemon.loaders.padding import pass_limits, plan_passes
 
 if TYPE_CHECKING:
     from modelctl.daemon.loaders.registry import ModelSpec
-
-# The batch size sentence-transformers itself defaults to; the batcher hands over up to
-# a few hundred texts, and inside one call they run in chunks of this many.
-ENCODE_BATCH_SIZE = 32
 
 
 class SbertModel(LoadedModel):
@@ -28,12 +39,20 @@ class SbertModel(LoadedModel):
         if spec.tokens:
             self.model.max_seq_length = min(self.model.max_seq_length or spec.tokens,
                                             spec.tokens)
+        modules = list(self.model.children())
+        # By class name: the class has moved between sentence-transformers versions.
+        self._unnormalized = [m for m in modules if type(m).__name__ != "Normalize"]
+        prompt_name = getattr(self.model, "default_prompt_name", None)
+        self._prompt: str | None = (self.model.prompts.get(prompt_name) or None
+                                    if prompt_name else None)
+        self._overhead, self._max_pass = pass_limits(device)
+        dims = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self._dims = int(dims() or spec.dimensions)
 
     @property
     def dimensions(self) -> int:
-        dims = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension
-        return int(dims() or self.spec.dimensions)
+        return self._dims
 
     @property
     def max_tokens(self) -> int | None:
@@ -44,15 +63,40 @@ class SbertModel(LoadedModel):
 
     def encode_texts(self, texts: list[str], normalize: bool | None
                      ) -> tuple[np.ndarray, list[int]]:
-        # normalize=None keeps what the model's own modules do (a Normalize module, or not).
-        vectors = self.model.encode(texts, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,
-                                    normalize_embeddings=bool(normalize),
-                                    show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32), self._token_counts(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lengths = [len(texts[i]) for i in order]
+        vectors = np.empty((len(texts), self._dims), dtype=np.float32)
+        tokens = [0] * len(texts)
+        with torch.inference_mode():
+            for start, end in plan_passes(lengths, self._overhead, self._max_pass):
+                rows = order[start:end]
+                features = self._features([texts[i] for i in rows])
+                mask = features.get("attention_mask")
+                embedded = self._forward(features, normalize)
+                vectors[rows] = embedded.float().cpu().numpy()
+                counts = (mask.sum(1).tolist() if isinstance(mask, torch.Tensor)
+                          else [len(texts[i].split()) for i in rows])
+                for row, count in zip(rows, counts, strict=True):
+                    tokens[row] = int(count)
+        return vectors, tokens
 
-    def _token_counts(self, texts: list[str]) -> list[int]:
-        tokenizer = self.model.tokenizer
-        if tokenizer is None:
-            return [len(t.split()) for t in texts]
-        ids = tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-        return [len(row) for row in ids]
+    def _features(self, texts: list[str]) -> dict[str, Any]:
+        """Tokenized (and truncated) as the model's first module does it, on the device."""
+        preprocess = getattr(self.model, "preprocess", None)
+        if preprocess is not None:  # sentence-transformers >= 6
+            features = preprocess(texts, prompt=self._prompt)
+        else:
+            if self._prompt:
+                texts = [self._prompt + text for text in texts]
+            features = self.model.tokenize(texts)
+        return dict(batch_to_device(features, self.model.device))
+
+    def _forward(self, features: dict[str, Any], normalize: bool | None) -> torch.Tensor:
+        if normalize is False:
+            for module in self._unnormalized:
+                features = module(features)
+            return features["sentence_embedding"]  # type: ignore[no-any-return]
+        embedded = self.model(features)["sentence_embedding"]
+        if normalize:
+            embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
+        return embedded  # type: ignore[no-any-return]

@@ -1,0 +1,299 @@
+"""Embedding throughput of the daemon against the in-process ceiling, on the same machine.
+
+Same model (the default MiniLM on cpu), same sentences, one run:
+
+- ceiling: in-process ``SentenceTransformer.encode(batch_size=32)``, sentences/s;
+- 32 concurrent clients, each sending one sentence per request: target >= 0.75x;
+- one client sending 64-sentence requests: target >= 0.9x;
+- one client, one sentence per request: p50 latency <= 1.3x in-process ``encode`` of one.
+
+torch never runs in two processes at once: the in-process encode runs while the daemon
+is idle and the daemon runs while this process only drives sockets, in interleaved
+rounds so drift and other load on the machine hit both sides alike; each round's ratio
+is against that round's ceiling, and the median round is the result. The load generator
+is one selector loop over raw keep-alive sockets with the requests pre-built, so it costs
+little CPU; its own CPU share is printed beside each number.
+
+    python bench/embed_throughput.py [--rounds 3] [--sentences 768] [--format float]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import resource
+import selectors
+import socket
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The daemon runs with this too (tests.support.base_env): the same tokenizer on both sides.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from tests.support import MINILM, Daemon, free_port, minilm_path  # noqa: E402
+
+TARGETS = {"c32": 0.75, "b64": 0.9, "latency": 1.3}
+_WORDS = ("the a one cat dog model cache daemon memory vector sentence embedding quick brown "
+          "fox jumps over lazy server client batch token length request answer fast slow "
+          "river mountain city night morning coffee library window garden music").split()
+
+
+def make_sentences(count: int, seed: int = 0) -> list[str]:
+    """Deterministic English-like sentences of 5 to 40 words (mixed lengths, like real text)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 40))).capitalize() + "."
+            for _ in range(count)]
+
+
+# -- the load generator ---------------------------------------------------------------
+def request_bytes(model: str, texts: list[str], encoding: str) -> bytes:
+    body = json.dumps({"model": model, "input": texts, "encoding_format": encoding}).encode()
+    head = ("POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\n"
+            "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    return head.encode() + body
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    buf: bytearray = field(default_factory=bytearray)
+    index: int = -1
+    started: float = 0.0
+
+
+def _connect(address: str | tuple[str, int]) -> socket.socket:
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.connect(address)
+    sock.setblocking(False)
+    return sock
+
+
+def _response(buf: bytearray) -> tuple[int, bytes] | None:
+    """(status, body) once ``buf`` holds a whole response (the daemon sends Content-Length)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    start = head.find(b"content-length:")
+    length = int(head[start + 15:head.find(b"\r\n", start)]) if start >= 0 else 0
+    if len(buf) < end + 4 + length:
+        return None
+    status = int(head[9:12])
+    body = bytes(buf[end + 4:end + 4 + length])
+    del buf[:end + 4 + length]
+    return status, body
+
+
+@dataclass
+class LoadResult:
+    wall: float
+    cpu: float  # this process's CPU seconds while it ran
+    latencies: list[float]
+    bodies: list[bytes]
+
+
+def drive(address: str | tuple[str, int], requests: list[bytes], clients: int) -> LoadResult:
+    """Send ``requests`` over ``clients`` keep-alive connections, each one at a time."""
+    selector = selectors.DefaultSelector()
+    conns = [_Conn(_connect(address)) for _ in range(min(clients, len(requests)))]
+    bodies: list[bytes] = [b""] * len(requests)
+    latencies = [0.0] * len(requests)
+    next_index = 0
+    done = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    def send_next(conn: _Conn) -> None:
+        nonlocal next_index
+        if next_index >= len(requests):
+            selector.unregister(conn.sock)
+            return
+        conn.index, next_index = next_index, next_index + 1
+        conn.started = time.perf_counter()
+        conn.sock.sendall(requests[conn.index])  # small: fits the socket buffer at once
+
+    for conn in conns:
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        send_next(conn)
+    while done < len(requests):
+        for key, _ in selector.select():
+            conn = key.data
+            chunk = conn.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("the daemon closed a connection")
+            conn.buf += chunk
+            reply = _response(conn.buf)
+            if reply is None:
+                continue
+            status, body = reply
+            if status != 200:
+                raise AssertionError(f"HTTP {status}: {body[:300]!r}")
+            latencies[conn.index] = time.perf_counter() - conn.started
+            bodies[conn.index] = body
+            done += 1
+            send_next(conn)
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    for conn in conns:
+        conn.sock.close()
+    selector.close()
+    return LoadResult(wall, cpu, latencies, bodies)
+
+
+def vectors_of(bodies: list[bytes]) -> np.ndarray:
+    rows: list[np.ndarray] = []
+    for body in bodies:
+        for item in json.loads(body)["data"]:
+            value = item["embedding"]
+            rows.append(np.frombuffer(base64.b64decode(value), "<f4") if isinstance(value, str)
+                        else np.asarray(value, np.float32))
+    return np.stack(rows)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of another process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the scenarios --------------------------------------------------------------------
+@dataclass
+class Round:
+    ceiling: float = 0.0
+    c32: float = 0.0
+    b64: float = 0.0
+    one_inproc: float = 0.0
+    one_daemon: float = 0.0
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def run_round(model: Any, daemon_pid: int, address: str | tuple[str, int],
+              sentences: list[str], singles: list[bytes], sixty_fours: list[bytes],
+              one_texts: list[str], one_requests: list[bytes], check: np.ndarray) -> Round:
+    r = Round()
+    n = len(sentences)
+
+    started = time.perf_counter()
+    model.encode(sentences, batch_size=32)
+    r.ceiling = n / (time.perf_counter() - started)
+
+    for name, requests, clients in (("c32", singles, 32), ("b64", sixty_fours, 1)):
+        d0 = process_cpu(daemon_pid)
+        result = drive(address, requests, clients)
+        daemon_cpu = process_cpu(daemon_pid) - d0
+        setattr(r, name, n / result.wall)
+        got = vectors_of(result.bodies)
+        cos = float(np.min(np.sum(got * check, axis=1)
+                           / np.linalg.norm(got, axis=1) / np.linalg.norm(check, axis=1)))
+        if cos < 0.9999:
+            raise AssertionError(f"{name}: a vector differs from in-process encode (cos {cos})")
+        r.notes[name] = (f"load generator {result.cpu / result.wall:.0%} of a core, "
+                         f"daemon {daemon_cpu / result.wall:.0%}")
+
+    lat = []
+    for text in one_texts:
+        t = time.perf_counter()
+        model.encode([text])
+        lat.append(time.perf_counter() - t)
+    r.one_inproc = statistics.median(lat)
+    result = drive(address, one_requests, 1)
+    r.one_daemon = statistics.median(result.latencies)
+    r.notes["latency"] = f"load generator {result.cpu / result.wall:.0%} of a core"
+    return r
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sentences", type=int, default=768)
+    parser.add_argument("--singles", type=int, default=100,
+                        help="one-sentence requests timed for the latency comparison")
+    parser.add_argument("--format", choices=("float", "base64"), default="float",
+                        help="encoding_format the clients ask for (float: the API default)")
+    parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
+    args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    sentences = make_sentences(args.sentences)
+    one_texts = make_sentences(args.singles, seed=1)
+    model = SentenceTransformer(minilm_path(), device="cpu")
+    check = model.encode(sentences, batch_size=32)
+    singles = [request_bytes(MINILM, [s], args.format) for s in sentences]
+    sixty_fours = [request_bytes(MINILM, sentences[i:i + 64], args.format)
+                   for i in range(0, len(sentences), 64)]
+    one_requests = [request_bytes(MINILM, [s], args.format) for s in one_texts]
+
+    print(f"modelctl embedding throughput: {MINILM} on cpu, {len(sentences)} sentences "
+          f"(5-40 words), encoding_format={args.format}, over {args.transport}")
+    print(f"cpu cores: {os.cpu_count()}; torch threads here: {torch.get_num_threads()} "
+          "(the daemon keeps torch's default, the same)")
+    with Daemon(http_port=free_port()) as daemon:
+        daemon.client.load_model(MINILM, "cpu")
+        pid = daemon.pid
+        assert pid is not None
+        address: str | tuple[str, int] = (
+            str(daemon.socket_path) if args.transport == "unix"
+            else ("127.0.0.1", daemon.http_port or 0))
+        # Warm both sides up (first calls allocate, JIT-free but cache-cold).
+        model.encode(sentences[:64], batch_size=32)
+        drive(address, singles[:64], 32)
+        drive(address, sixty_fours[:1], 1)
+        rounds = []
+        for i in range(args.rounds):
+            r = run_round(model, pid, address, sentences, singles, sixty_fours, one_texts,
+                          one_requests, check)
+            rounds.append(r)
+            print(f"  round {i + 1}: ceiling {r.ceiling:7.1f}/s | 32 clients x 1: "
+                  f"{r.c32:7.1f}/s ({r.c32 / r.ceiling:.2f}x) | 1 client x 64: {r.b64:7.1f}/s "
+                  f"({r.b64 / r.ceiling:.2f}x) | one sentence p50: in-process "
+                  f"{r.one_inproc * 1e3:.2f} ms, daemon {r.one_daemon * 1e3:.2f} ms "
+                  f"({r.one_daemon / r.one_inproc:.2f}x)")
+        calls = [line for line in daemon.client.metrics().splitlines()
+                 if line.startswith(("modelctl_model_calls_total",
+                                     "modelctl_embedding_requests_total"))]
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    c32 = median([r.c32 / r.ceiling for r in rounds])
+    b64 = median([r.b64 / r.ceiling for r in rounds])
+    lat = median([r.one_daemon / r.one_inproc for r in rounds])
+    last = rounds[-1].notes
+    print(f"ceiling (in-process encode, batch_size=32): "
+          f"{median([r.ceiling for r in rounds]):.1f} sentences/s")
+    verdict = {True: "ok", False: "MISSED"}
+    print(f"32 concurrent clients, 1 sentence each: {c32:.2f}x ceiling "
+          f"(target >= {TARGETS['c32']}) {verdict[c32 >= TARGETS['c32']]}; {last['c32']}")
+    print(f"1 client, 64 sentences per request:     {b64:.2f}x ceiling "
+          f"(target >= {TARGETS['b64']}) {verdict[b64 >= TARGETS['b64']]}; {last['b64']}")
+    print(f"1 client, 1 sentence, p50 latency:       {lat:.2f}x in-process "
+          f"(target <= {TARGETS['latency']}) {verdict[lat <= TARGETS['latency']]}; "
+          f"{last['latency']}")
+    for line in calls:
+        print(f"  {line}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"bench process CPU overall: {usage.ru_utime + usage.ru_stime:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""The CLI without a daemon: help, errors and exit codes, completion, import hygiene.
+
+Every test runs with its own ``MODELCTL_RUNTIME_DIR`` (never the user's) and checks that
+commands which must not start a daemon leave no socket behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from modelctl import __version__
+from modelctl.cli import completion, global_options, main, output
+from modelctl.cli.models import entry_row
+from modelctl.cli.state import State
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "sentence_transformers", "open_clip", "fastapi",
+         "uvicorn", "pynvml", "numpy")
+
+
+@pytest.fixture
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "rt"
+    for var in ("MODELCTL_SOCKET", "MODELCTL_URL", "MODELCTL_API_KEY", "MODELCTL_DEBUG",
+                "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MODELCTL_RUNTIME_DIR", str(path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return path
+
+
+def run(*args: str, env: dict[str, str] | None = None,
+        stdin: str | None = "") -> subprocess.CompletedProcess[str]:
+    """``python -m modelctl ARGS`` with this test's environment."""
+    return subprocess.run([sys.executable, "-m", "modelctl", *args], cwd=ROOT,
+                          env={**os.environ, **(env or {})}, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def no_daemon_left(runtime_dir: Path) -> bool:
+    return not (runtime_dir / "modelctl.sock").exists() and \
+        not (runtime_dir / "modelctl.json").exists()
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("modelctl: error: "), stderr
+    return lines[0]
+
+
+# -- help and version ---------------------------------------------------------------------
+def test_help_lists_commands_and_global_options(runtime_dir: Path) -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for word in ("ls", "load", "eject", "embed", "models", "devices", "top", "serve",
+                 "daemon", "completion", "--socket PATH", "--url URL", "--version"):
+        assert word in result.stdout
+    assert "--install-completion" not in result.stdout
+
+
+def test_no_arguments_shows_help(runtime_dir: Path) -> None:
+    result = run()
+    assert "Usage: modelctl" in result.stdout + result.stderr
+    assert result.returncode in (0, 2)
+
+
+def test_version(runtime_dir: Path) -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"modelctl {__version__}\n"
+
+
+def test_command_help(runtime_dir: Path) -> None:
+    result = run("eject", "--help")
+    assert result.returncode == 0
+    assert "--all" in result.stdout and "--force" in result.stdout
+
+
+# -- without a daemon ---------------------------------------------------------------------
+def test_ls_without_daemon(runtime_dir: Path) -> None:
+    result = run("ls", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == []
+    plain = run("ls")
+    assert plain.returncode == 0 and plain.stdout == ""
+    assert "no modelctl daemon is running" in plain.stderr
+    assert run("ps", "--json").stdout.strip() == "[]"
+    assert no_daemon_left(runtime_dir)
+
+
+def test_ls_with_stale_socket(runtime_dir: Path) -> None:
+    runtime_dir.mkdir(mode=0o700)
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(runtime_dir / "modelctl.sock"))  # bound, never listening: refused
+    try:
+        result = run("ls", "--json")
+    finally:
+        sock.close()
+    assert result.returncode == 0 and json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("args", [["devices"], ["devices", "--json"], ["eject", "x"],
+                                  ["eject", "--all"], ["pin", "x"], ["daemon", "status"],
+                                  ["daemon", "stop"], ["top", "--once"]])
+def test_commands_that_need_a_daemon_exit_3(runtime_dir: Path, args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    one_error_line(result.stderr)
+    assert no_daemon_left(runtime_dir)
+
+
+def test_devices_error_says_what_to_do(runtime_dir: Path) -> None:
+    line = one_error_line(run("devices").stderr)
+    assert "no modelctl daemon is running" in line and "modelctl daemon start" in line
+
+
+def test_models_without_daemon_uses_the_builtin_registry(runtime_dir: Path) -> None:
+    result = run("models", "--json")
+    if result.returncode == 3:  # the daemon package (and its registry) is not installed
+        one_error_line(result.stderr)
+        return
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)
+    assert entries and all(e["available_offline"] is None for e in entries)
+    assert "sentence-transformers/all-MiniLM-L6-v2" in {e["name"] for e in entries}
+    assert no_daemon_left(runtime_dir)
+
+
+@pytest.mark.parametrize("args", [
+    ["eject"],                                   # neither NAME nor --all
+    ["eject", "x", "--all"],                     # both
+    ["load", "m", "--keep-alive", "soon"],
+    ["load", "m", "--properties", "{not json"],
+    ["load", "m", "--properties", "[1]"],
+    ["load", "m", "--properties", "@/nonexistent/props.json"],
+    ["embed", "m", "--batch-size", "0"],
+    ["embed", "m", "--image", "/nonexistent.png"],
+    ["embed", "m"],                              # stdin has no lines
+    ["serve", "--max-cpu-memory", "lots"],
+    ["--socket"],
+    ["--url", "ftp://example.org", "ls"],
+])
+def test_usage_errors_exit_2_and_start_nothing(runtime_dir: Path, args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert no_daemon_left(runtime_dir)
+
+
+def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
+    result = run("--url", "http://127.0.0.1:9", "ls", "--json")
+    assert result.returncode == 3
+    one_error_line(result.stderr)
+
+
+def test_daemon_logs_without_log(runtime_dir: Path) -> None:
+    result = run("daemon", "logs")
+    assert result.returncode == 1
+    assert "no daemon log" in one_error_line(result.stderr)
+
+
+def test_bad_environment_is_one_line(runtime_dir: Path) -> None:
+    result = run("ls", env={"MODELCTL_MAX_CPU_MEMORY": "lots"})
+    assert result.returncode == 1
+    assert "MODELCTL_MAX_CPU_MEMORY" in one_error_line(result.stderr)
+
+
+def test_unexpected_errors_are_one_line_unless_debug(
+        runtime_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(self: State, timeout: float | None = 0) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(State, "client", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["devices"])
+    assert exit_info.value.code == 1
+    assert "RuntimeError: boom" in one_error_line(capsys.readouterr().err)
+    monkeypatch.setenv("MODELCTL_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        main(["devices"])
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+# -- import hygiene and speed ---------------------------------------------------------------
+def test_cli_imports_nothing_heavy(runtime_dir: Path) -> None:
+    """``--help`` and ``ls --json`` import no model stack, no rich, and no pydantic."""
+    code = textwrap.dedent("""
+        import contextlib, io, json, sys
+        from modelctl.cli import main
+        for argv in (["--help"], ["ls", "--json"], ["devices"]):
+            with contextlib.redirect_stdout(io.StringIO()), \\
+                    contextlib.redirect_stderr(io.StringIO()):
+                try:
+                    main(argv)
+                except SystemExit:
+                    pass
+        print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, env=dict(os.environ), timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = set(json.loads(result.stdout))
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    # Typer would import pydantic (~40 ms) for options that are not flags; rich is only
+    # needed to draw tables. Neither belongs on these paths.
+    assert "pydantic" not in loaded
+    assert "rich" not in loaded
+    assert no_daemon_left(runtime_dir)
+
+
+# -- completion -----------------------------------------------------------------------------
+def complete(line: str, runtime_dir: Path) -> subprocess.CompletedProcess[str]:
+    """One completion request, as the shell scripts send it."""
+    return run(env={"_MODELCTL_COMPLETE": "complete_fish",
+                    "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+                    "_TYPER_COMPLETE_ARGS": line})
+
+
+def candidates(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [c.split("\t")[0] for c in result.stdout.splitlines() if c]
+
+
+def test_completion_of_commands(runtime_dir: Path) -> None:
+    result = complete("modelctl l", runtime_dir)
+    assert result.returncode == 0 and result.stderr == ""
+    assert candidates(result) == ["ls", "load"]
+
+
+def test_completion_without_daemon_is_silent(runtime_dir: Path) -> None:
+    for line in ("modelctl eject ", "modelctl eject x --device ",
+                 f"modelctl --socket {runtime_dir}/other.sock eject "):
+        result = complete(line, runtime_dir)
+        assert result.returncode == 0 and result.stderr == ""
+        assert candidates(result) == []
+    assert candidates(complete("modelctl load x --device ", runtime_dir)) == ["cpu", "cuda"]
+    assert candidates(complete("modelctl load x --device=c", runtime_dir)) == ["cpu", "cuda"]
+    assert not runtime_dir.exists()
+
+
+def test_completion_of_registry_names(runtime_dir: Path) -> None:
+    pytest.importorskip("modelctl.daemon.loaders.registry")
+    names = candidates(complete("modelctl load open_clip/ViT-B-32/", runtime_dir))
+    assert "open_clip/ViT-B-32/laion2b_s34b_b79k" in names
+    assert all(n.startswith("open_clip/ViT-B-32/") for n in names)
+    assert "ViT-L/14" in candidates(complete("modelctl load ViT-L/", runtime_dir))
+
+
+def test_completion_scripts_are_generated(runtime_dir: Path) -> None:
+    for shell in ("bash", "zsh", "fish"):
+        result = run("completion", "show", shell)
+        assert result.returncode == 0
+        assert result.stdout == completion.script(shell)
+        checked_in = ROOT / "completions" / completion.FILE_NAMES[completion.Shell(shell)]
+        assert checked_in.read_text() == result.stdout, "run scripts/gen-completions"
+    assert run("completion", "show", "tcsh").returncode == 2
+
+
+def test_completion_install(runtime_dir: Path, tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": "", "XDG_CONFIG_HOME": "", "SHELL": "/usr/bin/fish"}
+    result = run("completion", "install", env=env)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "home" / ".config" / "fish" / "completions" / "modelctl.fish"
+    assert path.read_text() == completion.script("fish")
+    assert run("completion", "install", "zsh", env=env).returncode == 0
+    assert (tmp_path / "home" / ".zfunc" / "_modelctl").exists()
+
+
+def test_bash_script_keeps_colon_names_whole(tmp_path: Path) -> None:
+    """Readline replaces only the text after the last ':'; the script trims candidates."""
+    fake = tmp_path / "modelctl"
+    fake.write_text("#!/bin/sh\nprintf 'cuda:0\\ncuda:1\\tthe second GPU\\n'\n")
+    fake.chmod(0o755)
+    script = tmp_path / "modelctl.bash"
+    script.write_text(completion.script("bash"))
+    probe = textwrap.dedent(f"""
+        source {script}
+        COMP_WORDBREAKS=$' \\t\\n"\\'><=;|&(:'
+        for line in 'modelctl load x --device cu' 'modelctl load x --device cuda:' \\
+                     'modelctl load x --device=cuda:'; do
+            COMP_LINE="$line"; COMP_POINT=${{#line}}
+            _modelctl_completion {fake}
+            echo "${{COMPREPLY[*]}}"
+        done
+    """)
+    result = subprocess.run(["bash", "--norc", "-c", probe], capture_output=True, text=True,
+                            timeout=30)
+    assert result.stdout.splitlines() == ["cuda:0 cuda:1", "0 1", "0 1"], result.stderr
+
+
+# -- pieces ---------------------------------------------------------------------------------
+def test_global_options_split() -> None:
+    given, rest = global_options.split(["--socket", "/s", "--url=http://h:1", "--version",
+                                        "serve", "--api-key", "k"])
+    assert given.socket == Path("/s") and given.url == "http://h:1"
+    assert given.api_key is None  # after the command's name: the command's own option
+    assert rest == ["--version", "serve", "--api-key", "k"]
+    with pytest.raises(global_options.GlobalOptionError):
+        global_options.split(["--runtime-dir"])
+    given, line = global_options.from_completion_line("modelctl --socket /s eject ViT-L/")
+    assert given.socket == Path("/s") and line == "modelctl eject ViT-L/"
+    assert global_options.from_completion_line("modelctl eject ")[1] == "modelctl eject "
+
+
+def test_times_for_people() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    iso = (now - timedelta(minutes=3, seconds=5)).isoformat().replace("+00:00", "Z")
+    assert output.ago(iso, now) == "3m ago"
+    assert output.ago(None, now) == "-"
+    assert output.until((now + timedelta(seconds=250)).isoformat(), now) == "in 4m"
+    assert output.until(None, now) == "never"
+
+
+def test_entry_row_and_table_render() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    entry = {"name": "ViT-L/14", "device": "cuda:0", "family": "clip", "dimensions": 768,
+             "state": "ready", "bytes": 10, "device_bytes": 90_000_000,
+             "loaded_at": "2025-12-31T23:57:00Z", "last_used_at": None, "requests": 3,
+             "pinned": True, "expires_at": None}
+    row = entry_row(entry, now)
+    assert row == ["ViT-L/14", "cuda:0", "clip", "768", "ready", "85.8 MiB", "3m ago", "-",
+                   "3", "pinned", "never"]
+    buffer = io.StringIO()
+    output.use_console(output.make_console(file=buffer, width=120))
+    try:
+        output.print_table([("NAME", "left"), ("SIZE", "right")], [["a", "1 B"]])
+    finally:
+        output.use_console(None)
+    assert buffer.getvalue() == "NAME  SIZE\na      1 B\n"
