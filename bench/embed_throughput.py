@@ -62,7 +62,7 @@ def make_sentences(count: int, seed: int = 0) -> list[str]:
 def request_bytes(model: str, texts: list[str], encoding: str) -> bytes:
     body = json.dumps({"model": model, "input": texts, "encoding_format": encoding}).encode()
     head = ("POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\n"
-            "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
 
@@ -176,53 +176,62 @@ def process_cpu(pid: int) -> float:
 # -- the scenarios --------------------------------------------------------------------
 @dataclass
 class Round:
-    ceiling: float = 0.0
-    c32: float = 0.0
-    b64: float = 0.0
-    one_inproc: float = 0.0
-    one_daemon: float = 0.0
+    ceilings: list[float] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)  # sentences/s per scenario
+    ratios: dict[str, float] = field(default_factory=dict)  # against the ceilings beside it
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def run_round(model: Any, daemon_pid: int, address: str | tuple[str, int],
-              sentences: list[str], singles: list[bytes], sixty_fours: list[bytes],
-              one_texts: list[str], one_requests: list[bytes], check: np.ndarray) -> Round:
-    r = Round()
-    n = len(sentences)
-
-    started = time.perf_counter()
+def ceiling(model: Any, sentences: list[str], daemon_pid: int, r: Round) -> float:
+    d0, started = process_cpu(daemon_pid), time.perf_counter()
     model.encode(sentences, batch_size=32)
-    r.ceiling = n / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    r.notes["ceiling"] = f"the daemon used {(process_cpu(daemon_pid) - d0) / wall:.0%} " \
+        "of a core meanwhile"
+    r.ceilings.append(len(sentences) / wall)
+    return r.ceilings[-1]
 
-    for name, requests, clients in (("c32", singles, 32), ("b64", sixty_fours, 1)):
+
+def run_round(model: Any, daemon_pid: int, address: str | tuple[str, int],
+              sentences: list[str], scenarios: dict[str, tuple[list[bytes], int]],
+              one_texts: list[str], one_requests: list[bytes], check: np.ndarray) -> Round:
+    """Ceiling, scenario, ceiling, scenario, ..., ceiling; then the latency pair."""
+    r = Round()
+    before = ceiling(model, sentences, daemon_pid, r)
+    for name, (requests, clients) in scenarios.items():
         d0 = process_cpu(daemon_pid)
         result = drive(address, requests, clients)
         daemon_cpu = process_cpu(daemon_pid) - d0
-        setattr(r, name, n / result.wall)
         got = vectors_of(result.bodies)
         cos = float(np.min(np.sum(got * check, axis=1)
                            / np.linalg.norm(got, axis=1) / np.linalg.norm(check, axis=1)))
         if cos < 0.9999:
             raise AssertionError(f"{name}: a vector differs from in-process encode (cos {cos})")
+        r.rates[name] = len(sentences) / result.wall
         r.notes[name] = (f"load generator {result.cpu / result.wall:.0%} of a core, "
                          f"daemon {daemon_cpu / result.wall:.0%}")
+        after = ceiling(model, sentences, daemon_pid, r)
+        r.ratios[name] = r.rates[name] / ((before + after) / 2)
+        before = after
 
     lat = []
     for text in one_texts:
         t = time.perf_counter()
         model.encode([text])
         lat.append(time.perf_counter() - t)
-    r.one_inproc = statistics.median(lat)
+    inproc = statistics.median(lat)
     result = drive(address, one_requests, 1)
-    r.one_daemon = statistics.median(result.latencies)
-    r.notes["latency"] = f"load generator {result.cpu / result.wall:.0%} of a core"
+    daemon = statistics.median(result.latencies)
+    r.ratios["latency"] = daemon / inproc
+    r.notes["latency"] = (f"p50 {daemon * 1e3:.2f} ms against {inproc * 1e3:.2f} ms in-process;"
+                          f" load generator {result.cpu / result.wall:.0%} of a core")
     return r
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sentences", type=int, default=768)
+    parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--singles", type=int, default=100,
                         help="one-sentence requests timed for the latency comparison")
     parser.add_argument("--format", choices=("float", "base64"), default="float",
@@ -237,9 +246,11 @@ def main() -> int:
     one_texts = make_sentences(args.singles, seed=1)
     model = SentenceTransformer(minilm_path(), device="cpu")
     check = model.encode(sentences, batch_size=32)
-    singles = [request_bytes(MINILM, [s], args.format) for s in sentences]
-    sixty_fours = [request_bytes(MINILM, sentences[i:i + 64], args.format)
-                   for i in range(0, len(sentences), 64)]
+    scenarios = {
+        "c32": ([request_bytes(MINILM, [s], args.format) for s in sentences], 32),
+        "b64": ([request_bytes(MINILM, sentences[i:i + 64], args.format)
+                 for i in range(0, len(sentences), 64)], 1),
+    }
     one_requests = [request_bytes(MINILM, [s], args.format) for s in one_texts]
 
     print(f"modelctl embedding throughput: {MINILM} on cpu, {len(sentences)} sentences "
@@ -253,34 +264,33 @@ def main() -> int:
         address: str | tuple[str, int] = (
             str(daemon.socket_path) if args.transport == "unix"
             else ("127.0.0.1", daemon.http_port or 0))
-        # Warm both sides up (first calls allocate, JIT-free but cache-cold).
+        # Warm both sides up: first calls allocate and fill caches.
         model.encode(sentences[:64], batch_size=32)
-        drive(address, singles[:64], 32)
-        drive(address, sixty_fours[:1], 1)
+        for requests, clients in scenarios.values():
+            drive(address, requests[:64], clients)
         rounds = []
         for i in range(args.rounds):
-            r = run_round(model, pid, address, sentences, singles, sixty_fours, one_texts,
-                          one_requests, check)
+            r = run_round(model, pid, address, sentences, scenarios, one_texts, one_requests,
+                          check)
             rounds.append(r)
-            print(f"  round {i + 1}: ceiling {r.ceiling:7.1f}/s | 32 clients x 1: "
-                  f"{r.c32:7.1f}/s ({r.c32 / r.ceiling:.2f}x) | 1 client x 64: {r.b64:7.1f}/s "
-                  f"({r.b64 / r.ceiling:.2f}x) | one sentence p50: in-process "
-                  f"{r.one_inproc * 1e3:.2f} ms, daemon {r.one_daemon * 1e3:.2f} ms "
-                  f"({r.one_daemon / r.one_inproc:.2f}x)")
-        calls = [line for line in daemon.client.metrics().splitlines()
-                 if line.startswith(("modelctl_model_calls_total",
-                                     "modelctl_embedding_requests_total"))]
+            print(f"  round {i + 1}: ceilings " + "/".join(f"{c:.0f}" for c in r.ceilings)
+                  + " per s | 32 clients x 1: " f"{r.rates['c32']:.0f}/s "
+                  f"({r.ratios['c32']:.2f}x) | 1 client x 64: {r.rates['b64']:.0f}/s "
+                  f"({r.ratios['b64']:.2f}x) | one sentence: {r.notes['latency']}")
+        scrape = daemon.client.metrics().splitlines()
+        calls = [line for line in scrape if line.startswith((
+            "modelctl_model_calls_total", "modelctl_embedding_requests_total"))]
 
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
+    def median(key: str) -> float:
+        return statistics.median(r.ratios[key] for r in rounds)
 
-    c32 = median([r.c32 / r.ceiling for r in rounds])
-    b64 = median([r.b64 / r.ceiling for r in rounds])
-    lat = median([r.one_daemon / r.one_inproc for r in rounds])
     last = rounds[-1].notes
-    print(f"ceiling (in-process encode, batch_size=32): "
-          f"{median([r.ceiling for r in rounds]):.1f} sentences/s")
     verdict = {True: "ok", False: "MISSED"}
+    ceilings = [c for r in rounds for c in r.ceilings]
+    print(f"ceiling (in-process encode, batch_size=32): median "
+          f"{statistics.median(ceilings):.1f} sentences/s, from {min(ceilings):.0f} to "
+          f"{max(ceilings):.0f}; {last['ceiling']}")
+    c32, b64, lat = median("c32"), median("b64"), median("latency")
     print(f"32 concurrent clients, 1 sentence each: {c32:.2f}x ceiling "
           f"(target >= {TARGETS['c32']}) {verdict[c32 >= TARGETS['c32']]}; {last['c32']}")
     print(f"1 client, 64 sentences per request:     {b64:.2f}x ceiling "
@@ -291,7 +301,8 @@ def main() -> int:
     for line in calls:
         print(f"  {line}")
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"bench process CPU overall: {usage.ru_utime + usage.ru_stime:.1f}s")
+    print(f"bench process CPU overall: {usage.ru_utime + usage.ru_stime:.1f}s; load average "
+          f"now {os.getloadavg()[0]:.2f} (other work on the machine skews every number)")
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
 import struct
 import threading
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from modelctl.errors import DaemonNotRunning, error_from_body
+from modelctl.errors import DaemonError, DaemonNotRunning, error_from_body
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -48,7 +49,27 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         except OSError:
             sock.close()
             raise
+        owner = _peer_uid(sock)
+        if owner is not None and owner not in (os.getuid(), 0):
+            # Another user's process holds this socket (planted in a dir others can write):
+            # send it nothing, since requests carry texts, images and paths.
+            sock.close()
+            raise DaemonError(f"the socket {self._path} is served by uid {owner}, not by you; "
+                              "refusing to talk to it. Set MODELCTL_RUNTIME_DIR to a "
+                              "directory of your own")
         self.sock = sock
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (Linux), else ``None``."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return int(struct.unpack("3i", creds)[1])
 
 
 class Client:

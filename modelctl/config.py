@@ -105,6 +105,7 @@ class Settings:
             default_device=env.get("MODELCTL_DEVICE") or None,
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
+            limits=_limits(env),
         )
 
 
@@ -116,6 +117,20 @@ def default_runtime_dir(env: Mapping[str, str]) -> Path:
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "modelctl"
     return Path(f"/tmp/modelctl-{os.getuid()}")
+
+
+def _limits(env: Mapping[str, str]) -> Limits:
+    """``MODELCTL_MAX_QUEUE``: inputs a model's batcher may hold waiting (past it, 429)."""
+    raw = env.get("MODELCTL_MAX_QUEUE")
+    if not raw:
+        return Limits()
+    try:
+        queue = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"MODELCTL_MAX_QUEUE: not a whole number: {raw!r}") from None
+    if queue < 1:
+        raise InvalidArgument(f"MODELCTL_MAX_QUEUE: must be at least 1, not {queue}")
+    return Limits(max_queue_items=queue)
 
 
 def _truthy(value: str | None) -> bool:

@@ -185,6 +185,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
 
 def error_from_body(status: int, body: Any) -> ApiError:
     """Rebuild the exception the daemon raised from its status and JSON body."""
+    err: ApiError
     if not isinstance(body, dict):
         err = InternalError(f"HTTP {status}: {str(body)[:200]}")
     elif "detail" in body and status == 422:

@@ -44,6 +44,7 @@ _SETTING_ENV = {
     "max_cpu_memory": "MODELCTL_MAX_CPU_MEMORY",
     "max_cuda_memory": "MODELCTL_MAX_CUDA_MEMORY",
     "default_device": "MODELCTL_DEVICE",
+    "keep_alive": "MODELCTL_KEEP_ALIVE",
 }
 
 
@@ -59,18 +60,27 @@ class DaemonStatus:
 def ensure_runtime_dir(path: Path) -> Path:
     """Create ``path`` 0700, or check an existing one is ours and private.
 
-    Refuses a dir another user owns or that others can write: a socket there could be
-    replaced by theirs, and our clients would send them our requests.
+    Refuses a dir (or a symlink to one) another user owns, and a dir that group or others
+    can write: a socket there could already be theirs, and our clients would send them
+    our requests; tightening the mode afterwards would not undo that. A dir that others
+    can only read or enter is tightened to 0700 (nothing of theirs can be inside).
     """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        infos = (os.lstat(path), path.stat())
     except OSError as exc:
         raise DaemonError(f"cannot create runtime dir {path}: {exc.strerror}") from exc
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise DaemonError(f"runtime dir {path} belongs to uid {info.st_uid}, not to you; "
-                          "set MODELCTL_RUNTIME_DIR to a directory of your own")
-    if stat.S_IMODE(info.st_mode) != 0o700:
+    for info in infos:
+        if info.st_uid != os.getuid():
+            raise DaemonError(f"runtime dir {path} belongs to uid {info.st_uid}, not to you; "
+                              "set MODELCTL_RUNTIME_DIR to a directory of your own")
+    mode = stat.S_IMODE(infos[1].st_mode)
+    if mode & 0o022:
+        raise DaemonError(f"runtime dir {path} can be written by other users (mode "
+                          f"{mode:04o}), so a socket in it may not be yours; `chmod 700 "
+                          f"{path}` if only you used it, or set MODELCTL_RUNTIME_DIR to a "
+                          "directory of your own")
+    if mode != 0o700:
         os.chmod(path, 0o700)
     return path
 
@@ -154,6 +164,13 @@ def daemon_environment(settings: Settings, base: dict[str, str] | None = None) -
         value = getattr(settings, attr)
         if value is not None:
             env[var] = str(value)
+    if settings.keep_alive is None and "MODELCTL_KEEP_ALIVE" in env:
+        env["MODELCTL_KEEP_ALIVE"] = "-1"
+    if settings.preload:
+        env["MODELCTL_PRELOAD"] = json.dumps([
+            {"model": p.name, "modelProperties": p.properties, "device": p.device}
+            for p in settings.preload])
+        env.pop("MARQO_MODELS_TO_PRELOAD", None)  # already merged into settings.preload
     return env
 
 
@@ -207,10 +224,10 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
 
 def start_daemon(settings: Settings, timeout: float = 30.0) -> tuple[dict[str, Any], bool]:
     """Start a daemon unless one answers; return its health and whether we started it."""
+    ensure_runtime_dir(settings.runtime_dir)  # before talking to a socket in it
     health = ping(settings)
     if health is not None:
         return health, False
-    ensure_runtime_dir(settings.runtime_dir)
     remove_stale_files(settings)
     proc = spawn_daemon(settings)
     health = wait_ready(settings, proc, timeout)

@@ -30,12 +30,13 @@ def parse_size(text: str | int, default_unit: str = "") -> int:
     number, unit = match.groups()
     unit = (unit or default_unit).lower()
     if unit not in _SIZE_UNITS:
-        raise ValueError(f"unknown size unit {unit!r} in {text!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
+        raise ValueError(f"unknown size unit {unit!r} in {text!r} "
+                         "(use B, KB, MB, GB, KiB, MiB, GiB)")
     return int(float(number) * _SIZE_UNITS[unit])
 
 
 def parse_duration(text: str | float | int) -> float | None:
-    """Seconds for ``"10m"``, ``"1h30m"``, ``"30s"``, ``"0"``; ``None`` (never) for a negative value."""
+    """Seconds for ``"10m"``, ``"1h30m"``, ``"30s"``, ``"0"``; ``None`` (never) if negative."""
     if isinstance(text, (int, float)):
         value = float(text)
         return None if value < 0 else value

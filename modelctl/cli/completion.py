@@ -1,13 +1,14 @@
 """``modelctl completion show|install``: completion scripts for bash, zsh and fish.
 
-Every script asks ``modelctl`` itself for candidates through Typer's completion protocol
-(``_MODELCTL_COMPLETE=complete_fish`` with ``_TYPER_COMPLETE_ARGS`` set to the command
-line up to the cursor), so the candidates come from the same parameters and callbacks as
-the commands. That protocol splits the line in Python, which keeps words with ``:`` and
-``=`` whole (``cuda:0``, ``open_clip/ViT-B-32/laion2b_s34b_b79k``); Typer's own bash
-script sends bash's ``COMP_WORDS``, which bash has already split at every ``:``. The bash
-script then trims what readline takes as the word (the text after the last ``:``) from
-each candidate, as bash-completion's ``__ltrim_colon_completions`` does.
+Every script sends the command line up to the cursor to ``modelctl`` itself
+(``_MODELCTL_COMPLETE=SHELL _MODELCTL_COMPLETE_LINE=LINE modelctl``; complete.py answers
+without importing typer), so candidates come from the app's own commands and the running
+daemon. Python splits the line, which keeps words with ``:`` and ``/`` whole
+(``cuda:0``, ``open_clip/ViT-B-32/laion2b_s34b_b79k``); bash has already split its
+``COMP_WORDS`` at every ``:``, and readline replaces only the text after the last ``:``,
+so the bash script trims that prefix from each candidate, as bash-completion's
+``__ltrim_colon_completions`` does. Values that are paths (``--image FILE``) are left to
+each shell's own file completion; nowhere else does a script fall back to file names.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Annotated
 import typer
 
 from modelctl.cli import output
+from modelctl.cli.params import help_without_command
 
-app = typer.Typer(help="Shell completion for bash, zsh and fish.", no_args_is_help=True)
+app = typer.Typer()
+app.callback(help="Shell completion for bash, zsh and fish.",
+             invoke_without_command=True)(help_without_command)
 
 
 class Shell(StrEnum):
@@ -30,52 +34,80 @@ class Shell(StrEnum):
     fish = "fish"
 
 
+# @FILES@ and @DIRS@ become the flags whose values are paths (complete.file_options()).
 BASH = r"""# bash completion for modelctl (`modelctl completion show bash`)
 _modelctl_completion() {
     local line="${COMP_LINE:0:COMP_POINT}"
-    local IFS=$'\n' c
-    local -a found
-    found=( $(env _MODELCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args \
-                  _TYPER_COMPLETE_ARGS="$line" "$1" 2>/dev/null) )
-    # The word Python completed; readline replaces only its part after the last ':'.
+    # The word being typed, whole (COMP_WORDS is split at ':' and '='), and the one before.
     local cur="${line##*[[:space:]]}"
-    [[ $cur == -*=* ]] && cur="${cur#*=}"
+    local before="${line%"$cur"}"
+    before="${before%"${before##*[![:space:]]}"}"
+    local opt="${before##*[[:space:]]}"
+    if [[ $cur == -*=* ]]; then
+        opt="${cur%%=*}"
+        cur="${cur#*=}"
+    fi
+    local IFS=$'\n' c
+    COMPREPLY=()
+    # A path: bash's own file completion. Anywhere else, no candidates means none.
+    case "$opt" in
+        @FILES@)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=( $(compgen -f -- "$cur") )
+            return 0 ;;
+        @DIRS@)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=( $(compgen -d -- "$cur") )
+            return 0 ;;
+    esac
+    local -a found
+    found=( $(_MODELCTL_COMPLETE=bash _MODELCTL_COMPLETE_LINE="$line" "$1" 2>/dev/null) )
+    # Readline replaces only the part of the word after its last ':'.
     local colon_prefix=""
     [[ $cur == *:* && $COMP_WORDBREAKS == *:* ]] && colon_prefix="${cur%"${cur##*:}"}"
-    COMPREPLY=()
     for c in "${found[@]}"; do
         c="${c%%$'\t'*}"
-        [[ -z $c ]] && continue
-        COMPREPLY+=( "${c#"$colon_prefix"}" )
+        [[ -n $c ]] && COMPREPLY+=( "${c#"$colon_prefix"}" )
     done
     return 0
 }
-complete -o default -F _modelctl_completion modelctl
+complete -F _modelctl_completion modelctl
 """
 
 ZSH = r"""#compdef modelctl
 # zsh completion for modelctl (`modelctl completion show zsh`)
 _modelctl() {
+    local opt c
     local -a found values descs
-    local c
-    found=( "${(@f)$(env _MODELCTL_COMPLETE=complete_fish \
-        _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS="${words[1,CURRENT]}" \
-        ${words[1]} 2>/dev/null)}" )
+    if [[ $PREFIX == -*=* ]]; then
+        opt=${PREFIX%%=*}
+    else
+        opt=${words[CURRENT-1]}
+    fi
+    # A path: zsh's own file completion. Anywhere else, no candidates means none.
+    case $opt in
+        (@FILES@)
+            [[ $PREFIX == -*=* ]] && compset -P '*='
+            _files
+            return ;;
+        (@DIRS@)
+            [[ $PREFIX == -*=* ]] && compset -P '*='
+            _files -/
+            return ;;
+    esac
+    found=( ${(f)"$(_MODELCTL_COMPLETE=zsh \
+        _MODELCTL_COMPLETE_LINE="${words[1,CURRENT-1]} ${PREFIX}" ${words[1]} 2>/dev/null)"} )
     for c in $found; do
-        [[ -n $c ]] || continue
         values+=( "${c%%$'\t'*}" )
         if [[ $c == *$'\t'* ]]; then
             descs+=( "${c%%$'\t'*}  -- ${c#*$'\t'}" )
         else
-            descs+=( "${c}" )
+            descs+=( "$c" )
         fi
     done
-    if (( ${#values} )); then
-        [[ $PREFIX == -*=* ]] && compset -P '*='
-        compadd -l -d descs -a values
-    else
-        _files
-    fi
+    (( ${#values} )) || return 1
+    [[ $PREFIX == -*=* ]] && compset -P '*='
+    compadd -l -d descs -a values
 }
 if [[ "${funcstack[1]}" == _modelctl ]]; then
     _modelctl "$@"
@@ -86,13 +118,23 @@ fi
 
 FISH = r"""# fish completion for modelctl (`modelctl completion show fish`)
 function __modelctl_complete
-    set -l found (env _MODELCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args \
-        _TYPER_COMPLETE_ARGS=(commandline -cp) (commandline -opc)[1] 2>/dev/null \
-        | string match -rv '^$')
-    if test (count $found) -gt 0
-        printf '%s\n' $found
+    set -l tokens (commandline -opc)
+    set -l cur (commandline -ct)
+    set -l opt $tokens[-1]
+    set -l prefix ''
+    if string match -qr -- '^-[^=]*=' $cur
+        set opt (string replace -r -- '=.*' '' $cur)
+        set prefix "$opt="
+        set cur (string replace -r -- '^[^=]*=' '' $cur)
+    end
+    # A path: fish's own file completion. Anywhere else, no candidates means none.
+    if contains -- $opt @FILES@
+        __fish_complete_path $cur | string replace -r -- '^' $prefix
+    else if contains -- $opt @DIRS@
+        __fish_complete_directories $cur | string replace -r -- '^' $prefix
     else
-        __fish_complete_path (commandline -ct)
+        env _MODELCTL_COMPLETE=fish _MODELCTL_COMPLETE_LINE=(commandline -cp) $tokens[1] \
+            2>/dev/null | string replace -r -- '^' $prefix
     end
 end
 complete --command modelctl --no-files --arguments '(__modelctl_complete)'
@@ -105,8 +147,15 @@ FILE_NAMES = {Shell.bash: "modelctl.bash", Shell.zsh: "_modelctl", Shell.fish: "
 
 
 def script(shell: Shell | str) -> str:
-    """The completion script for ``shell``."""
-    return SCRIPTS[Shell(shell)]
+    """The completion script for ``shell``, with the app's path-valued flags filled in."""
+    from modelctl.cli.complete import file_options
+
+    shell = Shell(shell)
+    separator = " " if shell is Shell.fish else "|"
+    text = SCRIPTS[shell]
+    for kind, flags in file_options().items():
+        text = text.replace(f"@{kind.upper()}@", separator.join(flags))
+    return text
 
 
 def install_path(shell: Shell, home: Path | None = None) -> Path:
@@ -120,19 +169,20 @@ def install_path(shell: Shell, home: Path | None = None) -> Path:
     return config / "fish" / "completions" / "modelctl.fish"
 
 
-ShellArg = Annotated[Shell, typer.Argument(case_sensitive=False, help="bash, zsh or fish.")]
+ShellArg = Annotated[Shell, typer.Argument(
+    metavar="SHELL", case_sensitive=False, help="bash, zsh or fish.")]
 
 
 @app.command("show")
 def show(shell: ShellArg) -> None:
-    """Print the completion script (e.g. `source <(modelctl completion show bash)`)."""
+    """Print the completion script, to save or to source: `source <(modelctl completion show bash)`."""
     output.say(script(shell).rstrip("\n"))
 
 
 @app.command("install")
 def install(shell: Annotated[Shell | None, typer.Argument(
-        case_sensitive=False, help="bash, zsh or fish [default: the shell in $SHELL].")
-        ] = None) -> None:
+        metavar="SHELL", case_sensitive=False,
+        help="bash, zsh or fish [default: the shell in $SHELL].")] = None) -> None:
     """Install the completion script where the shell looks for it."""
     if shell is None:
         name = Path(os.environ.get("SHELL") or "").name
@@ -142,8 +192,12 @@ def install(shell: Annotated[Shell | None, typer.Argument(
                                      param_hint="SHELL")
         shell = Shell(name)
     path = install_path(shell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(script(shell))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script(shell))
+    except OSError as exc:
+        raise output_error(f"cannot write {path}: {exc.strerror}; save the script yourself: "
+                           f"modelctl completion show {shell.value} > FILE") from exc
     output.hint(f"installed {shell.value} completion in {path}")
     if shell is Shell.bash:
         output.hint("bash-completion loads it in new shells; without bash-completion, "
@@ -155,3 +209,9 @@ def install(shell: Annotated[Shell | None, typer.Argument(
                         "to ~/.zshrc, then open a new shell")
     else:
         output.hint("fish loads it in new shells")
+
+
+def output_error(message: str) -> Exception:
+    from modelctl.errors import ModelctlError
+
+    return ModelctlError(message)

@@ -21,6 +21,7 @@ from modelctl.cli.params import (
     ServerApiKeyOpt,
     ServerKeepAliveOpt,
     duration_value,
+    help_without_command,
     size_value,
 )
 from modelctl.cli.state import State, check_version, get_state
@@ -34,8 +35,8 @@ from modelctl.errors import (
 )
 from modelctl.units import format_duration
 
-app = typer.Typer(help="Start, stop and inspect the background daemon.",
-                  no_args_is_help=True)
+app = typer.Typer()
+app.callback(help="Start, stop and inspect the background daemon.", invoke_without_command=True)(help_without_command)
 
 
 def server_settings(settings: Settings, *, http: int | None, host: str | None,
@@ -156,11 +157,14 @@ def start(
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
                                keep_alive=keep_alive)
-    if settings.keep_alive is not None:
+    if keep_alive is not None:
         # runtime.spawn_daemon passes the child only some settings; keep-alive rides in
         # the environment it copies (this process exits right after).
-        os.environ["MODELCTL_KEEP_ALIVE"] = repr(settings.keep_alive)
+        os.environ["MODELCTL_KEEP_ALIVE"] = (
+            "never" if settings.keep_alive is None else repr(settings.keep_alive))
     health, started = state.ensure_daemon(settings)
+    if started and health.get("http"):
+        output.hint(f"HTTP API on {health['http']}")
     if not started:
         output.hint(f"modelctl daemon already running (pid {health.get('pid')})")
         _ignored_flags({"--max-cpu-memory": max_cpu_memory, "--max-cuda-memory":
@@ -198,6 +202,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     check_version(health)
     rows = [
+        ["status", str(health.get("status"))],
         ["pid", str(health.get("pid"))], ["version", str(health.get("version"))],
         ["uptime", format_duration(health.get("uptime_s"))],
         ["socket", str(health.get("socket") or state.settings.socket_path)],
@@ -208,7 +213,6 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         error = f" ({item['error']})" if item.get("error") else ""
         rows.append(["preload", f"{item.get('name')} on {item.get('device') or '-'}: "
                                 f"{item.get('state')}{error}"])
-    rows.insert(0, ["status", str(health.get("status"))])
     output.print_table([("", "left"), ("", "left")], rows, show_header=False)
 
 
@@ -245,7 +249,7 @@ def _follow(path: Path) -> None:
     while True:
         if f is None:
             try:
-                f = open(path, "rb")  # noqa: SIM115 - reopened when the file is replaced
+                f = open(path, "rb")  # not `with`: reopened when the file is replaced
             except FileNotFoundError:
                 time.sleep(0.5)
                 continue
@@ -255,8 +259,8 @@ def _follow(path: Path) -> None:
             inode = os.fstat(f.fileno()).st_ino
         chunk = f.read()
         if chunk:
-            sys.stdout.write(chunk.decode(errors="replace"))
-            sys.stdout.flush()
+            sys.stdout.buffer.write(chunk)  # bytes: a read may end inside a UTF-8 character
+            sys.stdout.buffer.flush()
             continue
         time.sleep(0.25)
         try:

@@ -146,7 +146,7 @@ def eject(
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
         if not all_:
-            raise ModelNotInCache(f"{exc.message}; `modelctl ls` shows what is loaded") from exc
+            raise _not_loaded(exc) from exc
         result = {"ejected": [], "bytes_freed": 0}
     if as_json:
         output.print_json(result)
@@ -162,6 +162,10 @@ def eject(
         output.say(f"ejected {item.get('name')} from {item.get('device')}{tail}")
 
 
+def _not_loaded(exc: ModelNotInCache) -> ModelNotInCache:
+    return ModelNotInCache(f"{exc.message}; `modelctl ls` shows what is loaded")
+
+
 def _set_pin(ctx: typer.Context, name: str, device: str | None, pin: bool,
              as_json: bool) -> None:
     state = get_state(ctx)
@@ -169,6 +173,8 @@ def _set_pin(ctx: typer.Context, name: str, device: str | None, pin: bool,
         changed = state.client(timeout=30.0).update_model(name, device, pin=pin)
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc, "so nothing is loaded") from exc
+    except ModelNotInCache as exc:
+        raise _not_loaded(exc) from exc
     if as_json:
         output.print_json(changed)
         return

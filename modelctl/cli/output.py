@@ -122,10 +122,22 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
 
 
 def show(renderable: RenderableType) -> None:
-    """Print ``renderable`` on stdout without the spaces rich pads each line's end with."""
+    """Print ``renderable`` on stdout, never cut to the terminal's width, unpadded.
+
+    A table wider than the terminal is printed whole and left to the terminal to wrap
+    (as ``docker ps`` does), rather than have rich elide names and numbers with "…".
+    """
+    from rich.measure import Measurement
+
     out = console()
-    with out.capture() as captured:
-        out.print(renderable)
+    natural = Measurement.get(out, out.options.update_width(_PIPE_WIDTH), renderable).maximum
+    width = out.width
+    out.width = max(width, natural)
+    try:
+        with out.capture() as captured:
+            out.print(renderable)
+    finally:
+        out.width = width
     text = _TRAILING_SPACES.sub(r"\1", captured.get())
     out.file.write(text)
     out.file.flush()

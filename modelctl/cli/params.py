@@ -2,36 +2,38 @@
 
 Parsers for values Typer cannot check itself (sizes, durations, JSON) live here too and
 raise ``typer.BadParameter``, so a bad value is a usage error (exit 2) that names its flag.
+Which values complete from where (the daemon's models, devices, files) is complete.py's
+``SOURCES``, keyed by these flags and metavars.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from modelctl.cli import completers
 from modelctl.units import parse_duration, parse_size
 
 JsonOpt = Annotated[bool, typer.Option(
     "--json", help="Print JSON on stdout (only the JSON document; hints go to stderr).")]
 
 DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", "-d", metavar="DEVICE", autocompletion=completers.devices,
+    "--device", "-d", metavar="DEVICE",
     help="cpu, cuda or cuda:N [default: the daemon's (cuda when present, else cpu)]")]
 
 LoadedDeviceOpt = Annotated[str | None, typer.Option(
-    "--device", "-d", metavar="DEVICE", autocompletion=completers.loaded_devices,
+    "--device", "-d", metavar="DEVICE",
     help="Only the copy on this device [default: every device it is loaded on].")]
 
 ModelArg = Annotated[str, typer.Argument(
-    metavar="NAME", autocompletion=completers.registry_names,
+    metavar="NAME",
     help="A registry name or alias (`modelctl models` lists them), or a custom model's name.")]
 
 _loaded_name = typer.Argument(
-    metavar="NAME", autocompletion=completers.loaded_names,
+    metavar="NAME",
     help="The name of a loaded model (`modelctl ls` lists them).")
 LoadedModelArg = Annotated[str, _loaded_name]
 OptionalLoadedModelArg = Annotated[str | None, _loaded_name]
@@ -61,6 +63,13 @@ MaxCudaMemoryOpt = Annotated[str | None, typer.Option(
 ServerKeepAliveOpt = Annotated[str | None, typer.Option(
     "--keep-alive", metavar="DURATION",
     help="Default idle time before a model is ejected (10m; -1: never) [default: never].")]
+
+
+def help_without_command(ctx: typer.Context) -> None:
+    """A group called without a command prints its help on stdout and exits 0."""
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
+        sys.stdout.write(ctx.get_help() + "\n")
+        raise typer.Exit()
 
 
 # -- parsers ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """What every command finds in ``ctx.obj``: the settings, and the ways to reach the daemon.
 
+No typer at run time: shell completion (complete.py) builds its settings here too.
+
 ``client()`` never starts anything; ``started_client()`` starts a daemon when none runs
 (only ``load`` and ``embed`` use it). With ``--url`` every call goes over HTTP to that
 server, and nothing is ever started.
@@ -7,10 +9,9 @@ server, and nothing is ever started.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import typer
 
 from modelctl import __version__
 from modelctl.cli.global_options import GlobalOptions
@@ -18,16 +19,16 @@ from modelctl.config import Settings
 from modelctl.errors import DaemonNotRunning
 
 if TYPE_CHECKING:
-    from modelctl.client import Client
+    import typer
 
-# Completion runs on every <TAB>: a daemon that does not answer at once is treated as absent.
-COMPLETION_TIMEOUT = 0.5
+    from modelctl.client import Client
 
 
 def build_settings(*, socket: Path | None = None, url: str | None = None,
-                   api_key: str | None = None, runtime_dir: Path | None = None) -> Settings:
+                   api_key: str | None = None, runtime_dir: Path | None = None,
+                   environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the environment, then the global flags (``None``: flag not given)."""
-    return Settings.from_env().with_overrides(
+    return Settings.from_env(environ).with_overrides(
         runtime_dir=runtime_dir, socket_path=socket, url=url, api_key=api_key)
 
 
@@ -61,9 +62,10 @@ class State:
     def ensure_daemon(self, settings: Settings | None = None) -> tuple[dict[str, Any], bool]:
         """Start the daemon unless one answers; say so on stderr. Returns health, started."""
         from modelctl import runtime
-        from modelctl.cli.output import hint
+        from modelctl.cli.output import activity, hint
 
-        health, started = runtime.start_daemon(settings or self.settings)
+        with activity("starting the modelctl daemon"):
+            health, started = runtime.start_daemon(settings or self.settings)
         if started:
             hint(f"started modelctl daemon (pid {health.get('pid')})")
         check_version(health)
@@ -74,11 +76,17 @@ class State:
         return not self.settings.url and not self.settings.socket_path.exists()
 
     def no_daemon(self, exc: DaemonNotRunning, consequence: str = "") -> DaemonNotRunning:
-        """``exc`` with what to do next, for commands that need a daemon and never start one."""
-        todo = ("check the URL and that `modelctl serve --http` runs there" if self.settings.url
-                else "start one with `modelctl daemon start`")
-        lead = f"{exc.message} ({consequence})" if consequence else exc.message
-        return DaemonNotRunning(f"{lead}; {todo}")
+        """``exc`` with what it means, or what to do next, for commands that start nothing.
+
+        ``consequence`` (``"so nothing is loaded"``) replaces the advice to start a daemon,
+        where starting one would not help.
+        """
+        if self.settings.url:
+            return DaemonNotRunning(f"{exc.message}; check the URL, and that "
+                                    "`modelctl serve --http` runs there")
+        if consequence:
+            return DaemonNotRunning(f"{exc.message}, {consequence}")
+        return DaemonNotRunning(f"{exc.message}; start one with `modelctl daemon start`")
 
 
 def check_version(health: dict[str, Any]) -> None:

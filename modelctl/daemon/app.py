@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,6 +67,51 @@ def error_response(exc: ApiError, headers: Mapping[str, str] | None = None) -> J
     return _ContractJSON(exc.body(), status_code=exc.status, headers=headers)
 
 
+class ErrorBody(BaseModel):
+    """The contract's error body (shared/CONTRACT.md)."""
+
+    message: str
+    code: str
+    type: str
+    link: None = None
+
+
+class _DetailItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class UnprocessableBody(BaseModel):
+    """Marqo's 422 body: pydantic-v1 ``detail``, and ``"link": ""``."""
+
+    detail: list[_DetailItem]
+    code: str
+    type: str
+    link: str
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# What any route may answer besides its success, so the OpenAPI document (and clients
+# generated from it, and schemathesis) know every body the daemon sends.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("bad argument, device or request (invalid_argument, bad_request, "
+                     "hardware_compatability_error)"),
+    401: _documented("TCP request without the API key"),
+    404: _documented("model not in the cache, or no such route"),
+    409: _documented("the cache cannot make room, or a conflicting change"),
+    413: _documented("body, batch, text or image over its limit"),
+    422: {"model": UnprocessableBody, "description": "a field or parameter missing or of "
+                                                     "the wrong type"},
+    429: _documented("the model's queue is full"),
+    500: _documented("a bug in modelctl (see the daemon log)"),
+    503: _documented("the daemon is shutting down"),
+}
+
+
 def create_app(state: DaemonState) -> FastAPI:
     from modelctl.daemon import embeddings, routes_marqo, routes_native
 
@@ -73,10 +119,9 @@ def create_app(state: DaemonState) -> FastAPI:
                   description="A per-host model cache: native /v1 API, OpenAI-style "
                               "embeddings and Marqo's /models and /device routes.")
     app.state.daemon = state
-    app.include_router(routes_marqo.router)
-    app.include_router(routes_native.router)
-    app.include_router(embeddings.router)
-    app.include_router(routes_native.metrics_router)
+    for router in (routes_marqo.router, routes_native.router, embeddings.router,
+                   routes_native.metrics_router):
+        app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

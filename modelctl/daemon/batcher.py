@@ -71,16 +71,22 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def embed(self, kind: str, payloads: list[Any], normalize: bool | None,
-                    ) -> tuple[np.ndarray, list[int]]:
-        """Vectors for ``payloads`` (texts, or RGB PIL images) in order, and token counts."""
+    async def embed(self, kind: str, payloads: list[Any], normalize: bool | None, *,
+                    max_queue: int | None = None) -> tuple[np.ndarray, list[int]]:
+        """Vectors for ``payloads`` (texts, or RGB PIL images) in order, and token counts.
+
+        ``max_queue`` (default: the batcher's) bounds the inputs waiting for a batch; a
+        request that would pass it gets 429, unless nothing waits (a request bigger than
+        the bound alone must still be served: it would never fit otherwise).
+        """
         if self._closed:
             raise ServiceUnavailable(f"{self.label[0]} is being ejected; try again")
-        if len(self._queue) + len(payloads) > self.max_queue:
+        limit = self.max_queue if max_queue is None else max_queue
+        if self._queue and len(self._queue) + len(payloads) > limit:
             self.metrics.rejected(self.label)
             raise TooManyRequests(
-                f"{self.label[0]} on {self.label[1]} has {len(self._queue)} inputs queued; "
-                "retry shortly or send smaller batches")
+                f"{self.label[0]} on {self.label[1]} has {len(self._queue)} inputs queued "
+                f"(at most {limit}); retry shortly or send smaller batches")
         loop = asyncio.get_running_loop()
         job = _Job(kind, normalize, len(payloads), loop.create_future(),
                    rows=[None] * len(payloads), tokens=[0] * len(payloads),
@@ -136,17 +142,23 @@ class Batcher:
     async def _execute(self, batch: list[_Item]) -> None:
         jobs = {id(item.job): item.job for item in batch}
         self._last_batch_jobs = len(jobs)
-        # Similar lengths side by side: less padding inside the model's own sub-batches.
+        # Similar lengths side by side: less padding inside the model's own passes.
         ordered = sorted(batch, key=lambda it: it.length)
         kind, normalize = batch[0].job.kind, batch[0].job.normalize
         started = time.perf_counter()
         try:
             vectors, tokens = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._encode, kind, [it.payload for it in ordered], normalize)
-        except Exception as exc:
+        except BaseException as exc:
+            # Every request in the batch gets the error; on cancellation (close) too,
+            # so none waits for a batch that will never be answered.
+            error = exc if isinstance(exc, Exception) else ServiceUnavailable(
+                f"{self.label[0]} was ejected while embedding")
             for job in jobs.values():
                 if not job.future.done():
-                    job.future.set_exception(exc)
+                    job.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
             return
         self.metrics.batch(self.label, len(batch), len(jobs), time.perf_counter() - started)
         for item, row, count in zip(ordered, vectors, tokens, strict=True):

@@ -51,7 +51,10 @@ from modelctl.units import format_bytes, iso_from_timestamp
 
 log = logging.getLogger("modelctl.cache")
 
-DRAIN_TIMEOUT_S = 60.0
+# How long an eject waits for requests in flight (queued ones included) before it frees
+# the model anyway and fails them: long enough for a big batch on a busy cpu, short
+# enough that a stuck request cannot pin a model forever; --force skips the wait.
+DRAIN_TIMEOUT_S = 300.0
 Ejected = dict[str, Any]
 # Aliases: inside ModelCache, ``list`` names its method.
 _Entries = list["Entry"]

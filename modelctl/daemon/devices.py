@@ -40,9 +40,8 @@ def display_device(device: str) -> str:
 
 def cuda_device_count() -> int:
     """Visible CUDA devices as torch sees them (honours ``CUDA_VISIBLE_DEVICES``)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        import torch
+    import torch  # already imported by the daemon's warm-up; this is a dict lookup
+
     try:
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     except Exception:  # a broken driver install is "no CUDA", not a crash
@@ -195,7 +194,7 @@ def cuda_reports(nvml: Nvml) -> list[dict[str, Any]]:
         total = reading.memory_total
         if name is None or total is None:
             torch = sys.modules["torch"]
-            props = _query(lambda i=index: torch.cuda.get_device_properties(i))
+            props = _query(lambda i=index, t=torch: t.cuda.get_device_properties(i))
             name = name or getattr(props, "name", None)
             total = total or getattr(props, "total_memory", None)
         reports.append({

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelctl.daemon.app import LISTENER_KEY, json_bytes
@@ -25,7 +25,7 @@ metrics_router = APIRouter(tags=["native"])
 
 
 def _state(request: Request) -> DaemonState:
-    return request.app.state.daemon  # type: ignore[no-any-return]
+    return request.app.state.daemon
 
 
 def _via_socket(request: Request) -> bool:
@@ -181,6 +181,6 @@ async def add_listener(request: Request, body: ListenerRequest) -> Response:
     return json_bytes({"url": url})
 
 
-@metrics_router.get("/metrics", summary="Prometheus metrics")
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -7,8 +7,10 @@ it is ready; anything that needs torch awaits ``torch_ready()`` first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,12 +63,36 @@ class DaemonState:
         """Start background work; call once the socket is bound and the loop runs."""
         self.cpu.start()
         self.cache.start()
-        self._torch = asyncio.ensure_future(asyncio.to_thread(_import_torch))
+        self._torch = self._import_torch_in_background()
         self._torch.add_done_callback(self._torch_done)
         if self.settings.preload:
             asyncio.get_running_loop().create_task(self._preload(self.settings.preload))
 
+    def _import_torch_in_background(self) -> asyncio.Future[None]:
+        # A daemon thread, not the loop's executor: a daemon stopped while torch is
+        # still importing exits at once instead of waiting seconds for the import.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if not future.done():
+                future.set_result(None) if exc is None else future.set_exception(exc)
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                _import_torch()
+            except BaseException as exc:  # reported through the future
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed first: we are exiting
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=work, name="torch-import", daemon=True).start()
+        return future
+
     def _torch_done(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            return
         if future.exception() is not None:
             log.error("importing torch failed: %s", future.exception())
         else:

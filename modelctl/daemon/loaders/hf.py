@@ -10,11 +10,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from modelctl.daemon.loaders.base import LoadedModel
+from modelctl.daemon.loaders.padding import pass_limits, plan_passes
 
 if TYPE_CHECKING:
     from modelctl.daemon.loaders.registry import ModelSpec
-
-_CHUNK = 32
 
 
 class HfModel(LoadedModel):
@@ -27,6 +26,7 @@ class HfModel(LoadedModel):
         self.model.eval()
         limit = getattr(self.tokenizer, "model_max_length", None) or 512
         self._max_tokens = min(limit, spec.tokens or limit, 8192)
+        self._overhead, self._max_pass = pass_limits(device)
 
     @property
     def dimensions(self) -> int:
@@ -41,14 +41,17 @@ class HfModel(LoadedModel):
 
     def encode_texts(self, texts: list[str], normalize: bool | None
                      ) -> tuple[np.ndarray, list[int]]:
+        # e5/bge and their kin are trained for cosine similarity: unit vectors by default.
         normalize = self.spec.normalize if normalize is None else normalize
-        out: list[np.ndarray] = []
-        counts: list[int] = []
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lengths = [len(texts[i]) for i in order]
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        tokens = [0] * len(texts)
         with torch.inference_mode():
-            for start in range(0, len(order), _CHUNK):
-                chunk = [texts[i] for i in order[start:start + _CHUNK]]
-                batch = self.tokenizer(chunk, padding=True, truncation=True,
+            for start, end in plan_passes(lengths, self._overhead, self._max_pass):
+                rows = order[start:end]
+                # Truncated to the model's max tokens, as the tokenizer does it.
+                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                        max_length=self._max_tokens, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 hidden = self.model(**batch).last_hidden_state
@@ -60,9 +63,7 @@ class HfModel(LoadedModel):
                     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out.append(pooled.float().cpu().numpy())
-                counts.extend(int(n) for n in mask.sum(1).tolist())
-        vectors = np.concatenate(out) if out else np.zeros((0, self.dimensions), np.float32)
-        inverse = np.empty(len(order), dtype=np.int64)
-        inverse[order] = np.arange(len(order))
-        return vectors[inverse].astype(np.float32), [counts[i] for i in inverse]
+                vectors[rows] = pooled.float().cpu().numpy()
+                for row, count in zip(rows, mask.sum(1).tolist(), strict=True):
+                    tokens[row] = int(count)
+        return vectors, tokens

@@ -95,8 +95,8 @@ class SbertModel(LoadedModel):
         if normalize is False:
             for module in self._unnormalized:
                 features = module(features)
-            return features["sentence_embedding"]  # type: ignore[no-any-return]
+            return features["sentence_embedding"]
         embedded = self.model(features)["sentence_embedding"]
         if normalize:
             embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
-        return embedded  # type: ignore[no-any-return]
+        return embedded
