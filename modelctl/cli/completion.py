@@ -22,6 +22,7 @@ import typer
 
 from modelctl.cli import output
 from modelctl.cli.params import help_without_command
+from modelctl.errors import ModelctlError
 
 app = typer.Typer()
 app.callback(help="Shell completion for bash, zsh and fish.",
@@ -175,7 +176,7 @@ ShellArg = Annotated[Shell, typer.Argument(
 
 @app.command("show")
 def show(shell: ShellArg) -> None:
-    """Print the completion script, to save or to source: `source <(modelctl completion show bash)`."""
+    """Print the completion script: save it, or `source <(modelctl completion show bash)`."""
     output.say(script(shell).rstrip("\n"))
 
 
@@ -196,7 +197,7 @@ def install(shell: Annotated[Shell | None, typer.Argument(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(script(shell))
     except OSError as exc:
-        raise output_error(f"cannot write {path}: {exc.strerror}; save the script yourself: "
+        raise ModelctlError(f"cannot write {path}: {exc.strerror}; save the script yourself: "
                            f"modelctl completion show {shell.value} > FILE") from exc
     output.hint(f"installed {shell.value} completion in {path}")
     if shell is Shell.bash:
@@ -210,8 +211,3 @@ def install(shell: Annotated[Shell | None, typer.Argument(
     else:
         output.hint("fish loads it in new shells")
 
-
-def output_error(message: str) -> Exception:
-    from modelctl.errors import ModelctlError
-
-    return ModelctlError(message)

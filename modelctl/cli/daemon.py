@@ -219,7 +219,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command("logs")
 def logs(
     ctx: typer.Context,
-    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 50,
+    lines: Annotated[int, typer.Option(
+        "--lines", "-n", min=0, metavar="N", help="Lines to show.")] = 50,
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
 ) -> None:

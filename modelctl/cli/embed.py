@@ -91,7 +91,7 @@ def embed(
     ctx: typer.Context,
     name: ModelArg,
     texts: Annotated[list[str] | None, typer.Argument(
-        metavar="[TEXT]...",
+        metavar="TEXT",
         help="Texts to embed; none or `-`: one text per non-blank line of stdin.")] = None,
     images: Annotated[list[Path] | None, typer.Option(
         "--image", metavar="FILE", help="An image file to embed (CLIP models); repeatable.")
@@ -104,7 +104,7 @@ def embed(
         "--output", "-o", metavar="FILE.npy",
         help="Write a float32 matrix (one row per input) instead of JSON lines.")] = None,
     batch_size: Annotated[int, typer.Option(
-        "--batch-size", min=1, max=2048, help="Inputs per request.")] = 64,
+        "--batch-size", min=1, max=2048, metavar="N", help="Inputs per request.")] = 64,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed texts and images (starting the daemon if none runs).

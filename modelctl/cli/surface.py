@@ -46,6 +46,7 @@ class Command:
     path: tuple[str, ...]
     usage: str
     description: str
+    epilog: str = ""
     arguments: list[Argument] = field(default_factory=list)
     options: list[Option] = field(default_factory=list)
     commands: dict[str, Command] = field(default_factory=dict)
@@ -92,10 +93,13 @@ def parse_help(path: tuple[str, ...], text: str) -> Command:
         if match:
             current = match.group(1)
             sections[current] = []
+        elif not line.strip() and current not in ("", "epilog") and sections[current]:
+            current = "epilog"  # a blank line ends a definition list: the epilog follows
+            sections[current] = []
         else:
             sections[current].append(line)
     description = _dedent(sections[""])
-    command = Command(path, usage, description)
+    command = Command(path, usage, description, epilog=_dedent(sections.get("epilog", [])))
     for term, text_ in _entries(sections.get("Options", [])):
         command.options.append(_option(term, text_))
     for term, text_ in _entries(sections.get("Arguments", [])):
@@ -130,7 +134,9 @@ def _entries(lines: list[str]) -> list[tuple[str, str]]:
             found.append((match.group(1).strip(), (match.group(2) or "").strip()))
         elif found:  # deeper indent continues its help
             term, text = found[-1]
-            found[-1] = (term, f"{text} {line.strip()}".strip())
+            # "Marqo-" / "compatible": textwrap broke the line at a word's hyphen
+            joiner = "" if re.search(r"[A-Za-z]-$", text) else " "
+            found[-1] = (term, f"{text}{joiner}{line.strip()}".strip())
     return found
 
 
@@ -151,12 +157,14 @@ def _option(term: str, text: str) -> Option:
 
 def _argument(term: str, text: str) -> Argument:
     choices: tuple[str, ...] = ()
+    kind = ""
     match = _TYPE.search(term)
-    if match:
-        if "|" in match.group(1):
-            choices = tuple(match.group(1).split("|"))
+    if match:  # Typer's type: <str>, <list[str]>, <bash|zsh|fish>
+        kind = match.group(1)
+        if "|" in kind:
+            choices = tuple(kind.removeprefix("list[").removesuffix("]").split("|"))
         term = term[:match.start()]
-    repeated = term.endswith("...")
+    repeated = term.endswith("...") or kind.startswith("list[")
     metavar = term.removesuffix("...").strip("[]{}")
     required = "[required]" in text
     text = re.sub(r"\s*\[required\]", "", text).strip()
