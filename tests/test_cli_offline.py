@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from modelctl import __version__
-from modelctl.cli import completion, global_options, main, output
+from modelctl.cli import global_options, main, output
 from modelctl.cli.models import entry_row
 from modelctl.cli.state import State
 
@@ -68,10 +69,17 @@ def test_help_lists_commands_and_global_options(runtime_dir: Path) -> None:
     assert "--install-completion" not in result.stdout
 
 
-def test_no_arguments_shows_help(runtime_dir: Path) -> None:
-    result = run()
-    assert "Usage: modelctl" in result.stdout + result.stderr
-    assert result.returncode in (0, 2)
+@pytest.mark.parametrize("args", [[], ["daemon"], ["completion"]])
+def test_no_arguments_shows_help(runtime_dir: Path, args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith(f"Usage: modelctl {' '.join(args)}".rstrip())
+    assert "Commands:" in result.stdout
+
+
+def test_help_documents_exit_codes(runtime_dir: Path) -> None:
+    text = " ".join(run("--help").stdout.split())
+    assert "Exit status: 0 success, 1 error, 2 usage error, 3 no daemon reachable." in text
 
 
 def test_version(runtime_dir: Path) -> None:
@@ -166,6 +174,76 @@ def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
     one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize(("args", "env", "code", "step"), [
+    (["--url", "http://127.0.0.1:9", "ls"], {}, 3, "check the URL"),
+    (["--url", "http://127.0.0.1:9", "models"], {}, 3, "check the URL"),
+    (["daemon", "stop"], {}, 3, "nothing to stop"),
+    (["eject", "x"], {}, 3, "so nothing is loaded"),
+    (["ls"], {"MODELCTL_MAX_QUEUE": "x"}, 1, "fix or unset that environment variable"),
+    (["--socket"], {}, 2, "see `modelctl --help`"),
+])
+def test_errors_say_what_to_do_next(runtime_dir: Path, args: list[str], env: dict[str, str],
+                                    code: int, step: str) -> None:
+    result = run(*args, env=env)
+    assert result.returncode == code
+    assert step in one_error_line(result.stderr)
+
+
+def test_daemon_errors_get_a_next_step() -> None:
+    """The daemon's messages keep Marqo's wording; the CLI adds what to do."""
+    from modelctl import errors
+    from modelctl.cli.advice import next_step
+
+    assert "modelctl devices" in (next_step(errors.HardwareCompatibilityError(
+        "CUDA is not available on this instance")) or "")
+    assert "modelctl daemon logs" in (next_step(errors.InternalError("boom")) or "")
+    assert "--api-key" in (next_step(errors.Unauthorized("missing key")) or "")
+    assert "--batch-size" in (next_step(errors.PayloadTooLarge("3000 inputs")) or "")
+    assert "modelctl eject" in (next_step(errors.CacheManagementError(
+        "out of memory on cuda while loading x: CUDA out of memory")) or "")
+    # Messages that already say what to do get nothing more.
+    for exc in (errors.CacheManagementError("not enough memory on cpu ...; eject or unpin a "
+                                            "model, or raise the budget"),
+                errors.InvalidArgument("unknown model 'x': `modelctl models` lists the known "
+                                       "names"),
+                errors.TooManyRequests("x has 9000 inputs queued; retry shortly"),
+                errors.ModelNotInCache("The model_name `x` is not cached or found; `modelctl "
+                                       "ls` shows what is loaded")):
+        assert next_step(exc) is None, exc
+
+
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def _colours(text: str) -> list[int]:
+    """The colour parameters (foreground or background) of every SGR sequence in ``text``."""
+    found = []
+    for params in _SGR.findall(text):
+        for p in (int(x) for x in params.split(";") if x):
+            if 30 <= p <= 49 or 90 <= p <= 107:
+                found.append(p)
+    return found
+
+
+def test_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelctl.cli.devices import devices_table
+
+    info = {"cpu": {"cores": 2, "memory_used": 8, "memory_total": 10, "models_bytes": 1,
+                    "budget": 5, "usage_percent": 50.0}, "cuda": [], "cuda_available": False}
+
+    def render() -> str:
+        buffer = io.StringIO()
+        output.make_console(file=buffer, width=120).print(devices_table(info))
+        return buffer.getvalue()
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as on a terminal
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert _colours(render())  # the usage bar is coloured by level
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = render()
+    assert _colours(plain) == [] and "80%" in plain
+
+
 def test_daemon_logs_without_log(runtime_dir: Path) -> None:
     result = run("daemon", "logs")
     assert result.returncode == 1
@@ -222,83 +300,46 @@ def test_cli_imports_nothing_heavy(runtime_dir: Path) -> None:
     assert no_daemon_left(runtime_dir)
 
 
-# -- completion -----------------------------------------------------------------------------
-def complete(line: str, runtime_dir: Path) -> subprocess.CompletedProcess[str]:
-    """One completion request, as the shell scripts send it."""
-    return run(env={"_MODELCTL_COMPLETE": "complete_fish",
-                    "_TYPER_COMPLETE_FISH_ACTION": "get-args",
-                    "_TYPER_COMPLETE_ARGS": line})
-
-
-def candidates(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [c.split("\t")[0] for c in result.stdout.splitlines() if c]
-
-
-def test_completion_of_commands(runtime_dir: Path) -> None:
-    result = complete("modelctl l", runtime_dir)
-    assert result.returncode == 0 and result.stderr == ""
-    assert candidates(result) == ["ls", "load"]
-
-
-def test_completion_without_daemon_is_silent(runtime_dir: Path) -> None:
-    for line in ("modelctl eject ", "modelctl eject x --device ",
-                 f"modelctl --socket {runtime_dir}/other.sock eject "):
-        result = complete(line, runtime_dir)
-        assert result.returncode == 0 and result.stderr == ""
-        assert candidates(result) == []
-    assert candidates(complete("modelctl load x --device ", runtime_dir)) == ["cpu", "cuda"]
-    assert candidates(complete("modelctl load x --device=c", runtime_dir)) == ["cpu", "cuda"]
-    assert not runtime_dir.exists()
-
-
-def test_completion_of_registry_names(runtime_dir: Path) -> None:
-    pytest.importorskip("modelctl.daemon.loaders.registry")
-    names = candidates(complete("modelctl load open_clip/ViT-B-32/", runtime_dir))
-    assert "open_clip/ViT-B-32/laion2b_s34b_b79k" in names
-    assert all(n.startswith("open_clip/ViT-B-32/") for n in names)
-    assert "ViT-L/14" in candidates(complete("modelctl load ViT-L/", runtime_dir))
-
-
-def test_completion_scripts_are_generated(runtime_dir: Path) -> None:
-    for shell in ("bash", "zsh", "fish"):
-        result = run("completion", "show", shell)
-        assert result.returncode == 0
-        assert result.stdout == completion.script(shell)
-        checked_in = ROOT / "completions" / completion.FILE_NAMES[completion.Shell(shell)]
-        assert checked_in.read_text() == result.stdout, "run scripts/gen-completions"
-    assert run("completion", "show", "tcsh").returncode == 2
-
-
-def test_completion_install(runtime_dir: Path, tmp_path: Path) -> None:
-    env = {"XDG_DATA_HOME": "", "XDG_CONFIG_HOME": "", "SHELL": "/usr/bin/fish"}
-    result = run("completion", "install", env=env)
-    assert result.returncode == 0, result.stderr
-    path = tmp_path / "home" / ".config" / "fish" / "completions" / "modelctl.fish"
-    assert path.read_text() == completion.script("fish")
-    assert run("completion", "install", "zsh", env=env).returncode == 0
-    assert (tmp_path / "home" / ".zfunc" / "_modelctl").exists()
-
-
-def test_bash_script_keeps_colon_names_whole(tmp_path: Path) -> None:
-    """Readline replaces only the text after the last ':'; the script trims candidates."""
-    fake = tmp_path / "modelctl"
-    fake.write_text("#!/bin/sh\nprintf 'cuda:0\\ncuda:1\\tthe second GPU\\n'\n")
-    fake.chmod(0o755)
-    script = tmp_path / "modelctl.bash"
-    script.write_text(completion.script("bash"))
-    probe = textwrap.dedent(f"""
-        source {script}
-        COMP_WORDBREAKS=$' \\t\\n"\\'><=;|&(:'
-        for line in 'modelctl load x --device cu' 'modelctl load x --device cuda:' \\
-                     'modelctl load x --device=cuda:'; do
-            COMP_LINE="$line"; COMP_POINT=${{#line}}
-            _modelctl_completion {fake}
-            echo "${{COMPREPLY[*]}}"
-        done
+# -- completion (the shells themselves: test_completion.py) -------------------------------
+def test_completion_request_is_silent_and_light(runtime_dir: Path) -> None:
+    """A completion request imports no typer, rich or pydantic, prints only candidates,
+    and starts nothing."""
+    code = textwrap.dedent("""
+        import json, os, sys
+        from modelctl.cli import main
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:]))
+        sys.stderr.write(json.dumps(heavy))
     """)
-    result = subprocess.run(["bash", "--norc", "-c", probe], capture_output=True, text=True,
-                            timeout=30)
-    assert result.stdout.splitlines() == ["cuda:0 cuda:1", "0 1", "0 1"], result.stderr
+    for line in ("modelctl eject ", "modelctl load x --device ", "modelctl l",
+                 "modelctl --bogus ", "modelctl eject 'unclosed", "modelctl embed x\\"):
+        result = subprocess.run(
+            [sys.executable, "-c", code, *HEAVY, "typer", "rich", "pydantic", "click"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "_MODELCTL_COMPLETE": "bash", "_MODELCTL_COMPLETE_LINE": line})
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stderr) == [], line
+        for candidate in result.stdout.splitlines():
+            assert candidate and "\t" not in candidate.split("\t", 1)[0]
+    assert no_daemon_left(runtime_dir) and not runtime_dir.exists()
+
+
+def test_completion_of_a_bad_line_is_empty(runtime_dir: Path) -> None:
+    from modelctl.cli.complete import candidates, split_line
+
+    assert split_line("modelctl eject 'org/ti") == (["modelctl", "eject"], "org/ti")
+    assert split_line("modelctl eject ") == (["modelctl", "eject"], "")
+    assert split_line("") == ([], "")
+    env = {"MODELCTL_RUNTIME_DIR": str(runtime_dir)}
+    for line in ("", "modelctl", "modelctl nope ", "modelctl eject --device", "modelctl -- ",
+                 "modelctl --socket", "modelctl ls --help ", "x\\"):
+        assert isinstance(candidates(line, env), list)
+    assert candidates("modelctl bogus ", env) == []
+    assert candidates("modelctl ls --help ", env) == []
+    assert [c for c, _ in candidates("modelctl", env)] == []
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -310,9 +351,6 @@ def test_global_options_split() -> None:
     assert rest == ["--version", "serve", "--api-key", "k"]
     with pytest.raises(global_options.GlobalOptionError):
         global_options.split(["--runtime-dir"])
-    given, line = global_options.from_completion_line("modelctl --socket /s eject ViT-L/")
-    assert given.socket == Path("/s") and line == "modelctl eject ViT-L/"
-    assert global_options.from_completion_line("modelctl eject ")[1] == "modelctl eject "
 
 
 def test_times_for_people() -> None:

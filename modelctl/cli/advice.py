@@ -30,7 +30,8 @@ _STEPS: list[tuple[type[errors.ModelctlError], str]] = [
 
 # A message that already points somewhere needs no second pointer.
 _ALREADY = ("`modelctl", "try again", "retry", "; set ", "; give ", "; use ", "; check ",
-            "; see ", "; pick ", "; download", "; load ", "`kill")
+            "see ", "; pick ", "download", "; load ", "`kill", "eject or ", "free memory",
+            "last lines of")
 
 
 def next_step(exc: errors.ModelctlError) -> str | None:
@@ -38,6 +39,8 @@ def next_step(exc: errors.ModelctlError) -> str | None:
     lowered = exc.message.lower()
     if any(marker in lowered for marker in _ALREADY):
         return None
+    if exc.message.startswith(("MODELCTL_", "MARQO_")):  # config.py names the variable
+        return "fix or unset that environment variable (`man modelctl` lists them)"
     for cls, step in _STEPS:
         if isinstance(exc, cls):
             return step

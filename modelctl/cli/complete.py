@@ -89,10 +89,10 @@ def respond(environ: Mapping[str, str] | None = None, out: IO[str] | None = None
     env = os.environ if environ is None else environ
     try:
         found = candidates(env.get(LINE_VAR, ""), env)
-        text = "".join(f"{value}\t{help}\n" if help else f"{value}\n"
-                       for value, help in found
+        text = "".join(f"{value}\t{about}\n" if about else f"{value}\n"
+                       for value, about in found
                        # a value with a newline or tab would break the line protocol
-                       if value and not any(c in value + help for c in "\n\t"))
+                       if value and not any(c in value + about for c in "\n\t"))
         stream = out or sys.stdout
         stream.write(text)
         stream.flush()
@@ -199,7 +199,8 @@ def _values(pos: _Position, key: str, incomplete: str,
     if kind in ("", "files", "dirs"):  # free text, or the shell's own path completion
         return []
     if kind == "choices":
-        choices = next((a[2] for a in TREE[pos.path]["arguments"] if a[0] == key), [])
+        choices: list[str] = next(
+            (a[2] for a in TREE[pos.path]["arguments"] if a[0] == key), [])
         found = [(str(c), "") for c in choices]
     else:
         from modelctl.cli import completers

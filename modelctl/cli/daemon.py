@@ -36,7 +36,8 @@ from modelctl.errors import (
 from modelctl.units import format_duration
 
 app = typer.Typer()
-app.callback(help="Start, stop and inspect the background daemon.", invoke_without_command=True)(help_without_command)
+app.callback(help="Start, stop and inspect the background daemon.",
+             invoke_without_command=True)(help_without_command)
 
 
 def server_settings(settings: Settings, *, http: int | None, host: str | None,
@@ -181,8 +182,11 @@ def stop(ctx: typer.Context) -> None:
     from modelctl.runtime import stop_daemon
 
     state = get_state(ctx)
-    with output.activity("stopping the modelctl daemon"):
-        pid = stop_daemon(state.settings)
+    try:
+        with output.activity("stopping the modelctl daemon"):
+            pid = stop_daemon(state.settings)
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc, "so there is nothing to stop") from exc
     output.hint(f"stopped modelctl daemon (pid {pid})")
 
 

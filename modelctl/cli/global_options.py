@@ -3,8 +3,8 @@
 Typer 0.29 checks every option that is not a plain flag with a pydantic ``TypeAdapter``,
 and importing pydantic costs about 40 ms, more than all the rest of ``modelctl ls --json``.
 As options of the root callback they would be checked on every command. So ``main()``
-takes them off the front of the line here; the root help lists them from the same table,
-and a completion request gets the same treatment (``from_completion_line``).
+takes them off the front of the line here; the root help, the man page and shell
+completion list them from the same table.
 """
 
 from __future__ import annotations
@@ -70,27 +70,6 @@ def split(args: list[str]) -> tuple[GlobalOptions, list[str]]:
         i += 1
         values[field] = Path(value).expanduser() if field in _PATHS else value
     return GlobalOptions(**values), kept + args[i:]
-
-
-def from_completion_line(line: str) -> tuple[GlobalOptions, str]:
-    """``split`` for the command line a completion request carries (first word: the program).
-
-    A line that cannot be split (an open quote) or has no global options comes back as is.
-    """
-    if not any(flag in line for flag in OPTIONS):
-        return GlobalOptions(), line
-    import shlex
-
-    try:
-        words = shlex.split(line)
-    except ValueError:
-        return GlobalOptions(), line
-    try:
-        options, rest = split(words[1:])
-    except GlobalOptionError:
-        return GlobalOptions(), line
-    trailing = " " if line[-1:].isspace() else ""
-    return options, shlex.join(words[:1] + rest) + trailing
 
 
 def help_text() -> str:

@@ -75,9 +75,9 @@ def _loaded(state: State) -> list[dict[str, Any]] | None:
     client = state.client(timeout=30.0)
     try:
         return client.list_models()
-    except DaemonNotRunning:
+    except DaemonNotRunning as exc:
         if state.settings.url:  # a server named on purpose: not answering is an error
-            raise
+            raise state.no_daemon(exc) from exc
         return None
     finally:
         client.close()
@@ -207,9 +207,9 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     client = state.client(timeout=30.0)
     try:
         entries = client.registry()
-    except DaemonNotRunning:
+    except DaemonNotRunning as exc:
         if state.settings.url:
-            raise
+            raise state.no_daemon(exc) from exc
         static = static_registry()
         if static is None:
             raise state.no_daemon(DaemonNotRunning(

@@ -1,10 +1,9 @@
 """What every command finds in ``ctx.obj``: the settings, and the ways to reach the daemon.
 
-No typer at run time: shell completion (complete.py) builds its settings here too.
-
 ``client()`` never starts anything; ``started_client()`` starts a daemon when none runs
 (only ``load`` and ``embed`` use it). With ``--url`` every call goes over HTTP to that
-server, and nothing is ever started.
+server, and nothing is ever started. No typer at run time: shell completion
+(complete.py) builds its settings here too.
 """
 
 from __future__ import annotations

@@ -180,10 +180,10 @@ def completion_tree(root: Command) -> dict[str, dict[str, Any]]:
     """
     tree: dict[str, dict[str, Any]] = {}
     for command in root.walk():
-        options = [[list(o.names), o.metavar, o.help] for o in command.options]
+        options: list[list[Any]] = [[list(o.names), o.metavar, o.help] for o in command.options]
         if not command.path:
-            options = [[[flag], metavar, text[:1].upper() + text[1:] + "."]
-                       for flag, (_, metavar, text) in global_options.OPTIONS.items()] + options
+            options[:0] = [[[flag], metavar, text[:1].upper() + text[1:] + "."]
+                           for flag, (_, metavar, text) in global_options.OPTIONS.items()]
         tree[command.name] = {
             "summary": command.summary,
             "commands": {name: child.summary for name, child in command.commands.items()},

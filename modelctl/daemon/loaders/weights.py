@@ -63,13 +63,17 @@ def hub_reachable() -> bool:
     return ok
 
 
-def _not_found(what: str, looked: list[str], offline: bool) -> WeightsNotFound:
+def _not_found(what: str, looked: list[str], offline: bool,
+               filename: str | None = None) -> WeightsNotFound:
     why = "offline mode is on" if offline else "the Hugging Face hub cannot be reached"
+    # `huggingface-cli download REPO [FILE]`: the file is a second argument, not a path.
+    target = f"{what} {filename}" if filename else what
+    shown = f"{what}/{filename}" if filename else what
     return WeightsNotFound(
-        f"weights for {what} are not on this machine and {why}; looked in: "
+        f"weights for {shown} are not on this machine and {why}; looked in: "
         + "; ".join(looked)
         + ". Download them where there is network (`huggingface-cli download "
-        f"{what}`) and copy the Hugging Face cache here, or load a local directory by "
+        f"{target}`) and copy the Hugging Face cache here, or load a local directory by "
         "giving its path as the model name (or as properties.localpath)")
 
 
@@ -115,9 +119,8 @@ def resolve_hub_file(repo_id: str, filenames: list[str], offline: bool) -> Path:
         if isinstance(cached, str):
             return Path(cached)
     if offline or constants.HF_HUB_OFFLINE or not hub_reachable():
-        raise _not_found(f"{repo_id}/{filenames[-1]}",
-                         [f"the Hugging Face cache {constants.HF_HUB_CACHE}"],
-                         offline or bool(constants.HF_HUB_OFFLINE))
+        raise _not_found(repo_id, [f"the Hugging Face cache {constants.HF_HUB_CACHE}"],
+                         offline or bool(constants.HF_HUB_OFFLINE), filenames[-1])
     errors = []
     for filename in filenames:
         try:
