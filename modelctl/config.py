@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelctl.errors import InvalidArgument
-from modelctl.units import parse_duration, parse_size
+from modelctl.units import parse_keep_alive, parse_size
 
 SOCKET_NAME = "modelctl.sock"
 LOCK_NAME = "modelctl.lock"
@@ -23,7 +23,6 @@ STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-MAX_KEEP_ALIVE_S = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -169,14 +168,9 @@ def _keep_alive(raw: str | None) -> float | None:
     if not raw or not raw.strip():
         return None
     try:
-        seconds = parse_duration(raw)
+        return parse_keep_alive(raw)
     except ValueError as exc:
         raise InvalidArgument(f"MODELCTL_KEEP_ALIVE: {exc}") from exc
-    # NaN, or a float too large to add to a timestamp, would break every expiry time.
-    if seconds is not None and not 0 <= seconds <= MAX_KEEP_ALIVE_S:
-        raise InvalidArgument(f"MODELCTL_KEEP_ALIVE: {raw!r} is not a duration of at most "
-                              "100 years (-1 or never: never expire)")
-    return seconds
 
 
 def parse_preload(raw: str, source: str) -> tuple[PreloadItem, ...]:

@@ -60,6 +60,22 @@ def parse_duration(text: str | float | int) -> float | None:
     return total
 
 
+MAX_KEEP_ALIVE_S = 100 * 365 * 86400.0
+
+
+def parse_keep_alive(text: str | float | int) -> float | None:
+    """``parse_duration`` bounded for a keep-alive: seconds, or ``None`` for never.
+
+    NaN, infinity or 1e300 would be stored on a cache entry and break every later
+    expiry time, so they are refused here rather than where they are used.
+    """
+    seconds = parse_duration(text)
+    if seconds is not None and not 0 <= seconds <= MAX_KEEP_ALIVE_S:
+        raise ValueError(f"{text!r} is not a duration of at most 100 years "
+                         "(-1 or \"never\" means never expire)")
+    return seconds
+
+
 def format_bytes(n: int | None) -> str:
     """Human size in binary units: ``format_bytes(90_000_000)`` -> ``"85.8 MiB"``."""
     if n is None:

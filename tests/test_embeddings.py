@@ -77,12 +77,14 @@ def model_calls(client: Client) -> float:
 def test_concurrent_requests_of_mixed_sizes_each_get_their_own_vectors(
         minilm: Daemon, reference: Any) -> None:
     rng = random.Random(7)
-    requests = [texts(rng.choice([1, 1, 2, 3, 8, 17, 40]), seed) for seed in range(48)]
+    requests = [texts(rng.choice([1, 1, 2, 3, 8, 17, 33]), seed) for seed in range(40)]
     clients = [minilm.client, minilm.http_client()]
 
     def send(i: int) -> np.ndarray:
-        encoding = "base64" if i % 2 else "float"
-        reply = clients[1 if i % 3 == 0 else 0].embeddings(MINILM, requests[i], encoding_format=encoding)
+        # Both encodings, over the socket and over TCP, all interleaved in the batches.
+        client = clients[1 if i % 3 == 0 else 0]
+        reply = client.embeddings(MINILM, requests[i],
+                                  encoding_format="base64" if i % 2 else "float")
         assert reply["model"] == MINILM
         return vectors(reply)
 
@@ -246,3 +248,25 @@ def test_cli_embed_stdin_to_npy_matches_in_process_encode(minilm: Daemon, refere
     matrix = np.load(out)
     assert matrix.dtype == np.float32 and matrix.shape == (len(lines), 384)
     assert_same_vectors(matrix, reference.encode(lines))
+
+
+def test_hf_family_pools_and_normalizes_like_the_library(daemon: Daemon,
+                                                         reference: Any) -> None:
+    # MiniLM's weights as a plain transformers model plus mean pooling (Marqo's "hf"
+    # family, like e5): unit vectors by default, the same ones its sbert modules make.
+    name = "minilm-as-hf"
+    daemon.client.load_model(name, "cpu", properties={
+        "type": "hf", "localpath": minilm_path(), "dimensions": 384})
+    try:
+        sentences = texts(40, seed=31)
+        reply = daemon.client.embeddings(name, sentences)
+        got = vectors(reply)
+        assert_same_vectors(got, reference.encode(sentences))
+        assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        want = sum(len(ids) for ids in reference.tokenizer(sentences)["input_ids"])
+        assert reply["usage"]["prompt_tokens"] == want
+        raw = vectors(daemon.client.embeddings(name, sentences[:3], normalize=False))
+        assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-2)
+        assert_same_vectors(raw, got[:3])
+    finally:
+        daemon.client.eject(name)

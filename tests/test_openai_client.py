@@ -2,8 +2,8 @@
 
 ``openai`` asks for ``encoding_format: "base64"`` unless told otherwise and decodes the
 little-endian float32s itself, so its vectors only match when our base64 is OpenAI's.
-The shared daemon has no API key: the ``Authorization: Bearer`` the client always sends
-is ignored.
+The shared daemon has no API key, so the ``Authorization: Bearer`` the client always
+sends is ignored; a daemon with ``--api-key`` takes that bearer token as its key.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support import MINILM, Daemon, minilm_path
+from tests.support import MINILM, Daemon, free_port, minilm_path
 
 SENTENCES = ["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog.",
              "modelctl keeps one copy of each model in memory.", "Ünïcödé, too — why not?"]
@@ -75,3 +75,17 @@ def test_errors_reach_the_client_with_the_contract_body(client: openai.OpenAI) -
     assert caught.value.status_code == 400
     body = caught.value.body
     assert isinstance(body, dict) and body["code"] == "invalid_argument"
+
+
+def test_api_key_is_the_clients_bearer_token(reference: Any) -> None:
+    with Daemon(http_port=free_port(), api_key="s3cret") as d:
+        d.client.load_model(MINILM, "cpu")  # the Unix socket needs no key
+        base = f"{d.url}/v1"
+        good = openai.OpenAI(base_url=base, api_key="s3cret", max_retries=0)
+        reply = good.embeddings.create(model=MINILM, input=SENTENCES[:2])
+        got = np.array([item.embedding for item in reply.data], dtype=np.float32)
+        assert float(cosines(got, reference.encode(SENTENCES[:2])).min()) > 0.9999
+        bad = openai.OpenAI(base_url=base, api_key="guess", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            bad.embeddings.create(model=MINILM, input=["x"])
+        assert caught.value.status_code == 401

@@ -135,11 +135,11 @@ def serve(
                         f"{state.settings.socket_path}")
         return
     try:
-        from modelctl.daemon.server import run_daemon  # torch and friends: only here
+        from modelctl.daemon.server import exit_process, run_daemon  # torch: only here
     except ImportError as exc:
         raise ModelctlError(f"the daemon cannot be imported ({exc}); reinstall modelctl "
                             "with its dependencies (pip install modelctl)") from exc
-    raise typer.Exit(run_daemon(settings, foreground=True))
+    exit_process(run_daemon(settings, foreground=True))
 
 
 @app.command("start")

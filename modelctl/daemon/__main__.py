@@ -14,9 +14,10 @@ def main() -> int:
     except ModelctlError as exc:
         print(f"modelctl daemon: {exc.message}", file=sys.stderr)
         return 1
-    from modelctl.daemon.server import run_daemon
+    from modelctl.daemon.server import exit_process, run_daemon
 
-    return run_daemon(settings)
+    exit_process(run_daemon(settings))
+    return 0  # not reached
 
 
 if __name__ == "__main__":

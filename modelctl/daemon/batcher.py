@@ -1,11 +1,15 @@
 """Dynamic micro-batching for one loaded model.
 
 Concurrent requests put their items on one queue; a single worker takes as many as a
-batch allows (by items and by characters), runs them in the device's encode thread,
-and hands each request back exactly its own rows. While a batch runs, the next one
-gathers, so under load batches fill by themselves; when other clients were seen in
-the last batch the worker also waits a few milliseconds for company. A lone client
-is never made to wait.
+batch allows (by items and by characters), sorts them by length, runs them in the
+device's encode thread (never on the event loop), and hands each request back exactly
+its own rows. While a batch runs, the next one gathers, so under load batches fill by
+themselves; when other clients were seen in the last batch the worker also waits a few
+milliseconds for company. A lone client is never made to wait. The loaders then cut
+each batch into forward passes by token length (``loaders/padding.py``).
+
+The queue is bounded (``Limits.max_queue_items``, ``MODELCTL_MAX_QUEUE``): a request
+that would overfill it is refused with 429 at once rather than left to wait.
 """
 
 from __future__ import annotations

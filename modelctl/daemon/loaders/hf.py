@@ -43,27 +43,26 @@ class HfModel(LoadedModel):
                      ) -> tuple[np.ndarray, list[int]]:
         # e5/bge and their kin are trained for cosine similarity: unit vectors by default.
         normalize = self.spec.normalize if normalize is None else normalize
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        lengths = [len(texts[i]) for i in order]
+        # Tokenized once, truncated to the model's max tokens as the tokenizer does it;
+        # the token counts cut the passes (padding.py), and are what ``usage`` reports.
+        encoded = self.tokenizer(texts, truncation=True, max_length=self._max_tokens)
+        tokens = [len(ids) for ids in encoded["input_ids"]]
+        order = sorted(range(len(texts)), key=tokens.__getitem__)
         vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        tokens = [0] * len(texts)
         with torch.inference_mode():
-            for start, end in plan_passes(lengths, self._overhead, self._max_pass):
+            for start, end in plan_passes([tokens[i] for i in order], self._overhead,
+                                          self._max_pass):
                 rows = order[start:end]
-                # Truncated to the model's max tokens, as the tokenizer does it.
-                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                       max_length=self._max_tokens, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+                padded = self.tokenizer.pad({key: [encoded[key][i] for i in rows]
+                                             for key in encoded.keys()}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in padded.items()}
                 hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"]
                 if self.spec.pooling == "cls":
                     pooled = hidden[:, 0]
                 else:
-                    weights = mask.unsqueeze(-1).to(hidden.dtype)
+                    weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 vectors[rows] = pooled.float().cpu().numpy()
-                for row, count in zip(rows, mask.sum(1).tolist(), strict=True):
-                    tokens[row] = int(count)
         return vectors, tokens
