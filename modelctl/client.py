@@ -19,11 +19,7 @@ carrying ``status``, ``code`` and ``message``; a daemon that cannot be reached r
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
-import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -31,45 +27,39 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from modelctl.errors import DaemonError, DaemonNotRunning, error_from_body
+from modelctl.errors import DaemonNotRunning, error_from_body
+from modelctl.unix_http import ServerClosed, UnixConnection
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over ``AF_UNIX``: Docker's pattern, and what the daemon listens on."""
+class _TcpConnection:
+    """``http.client`` behind ``UnixConnection``'s interface, for http(s) URLs."""
 
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+    def __init__(self, scheme: str, host: str, port: int | None, timeout: float | None) -> None:
+        import http.client  # only URL clients pay for it (and the ssl it imports)
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        self._conn = cls(host, port, timeout=timeout)
+        self.reused = False
+
+    def exchange(self, method: str, target: str, body: bytes | None,
+                 headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
         try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        owner = _peer_uid(sock)
-        if owner is not None and owner not in (os.getuid(), 0):
-            # Another user's process holds this socket (planted in a dir others can write):
-            # send it nothing, since requests carry texts, images and paths.
-            sock.close()
-            raise DaemonError(f"the socket {self._path} is served by uid {owner}, not by you; "
-                              "refusing to talk to it. Set MODELCTL_RUNTIME_DIR to a "
-                              "directory of your own")
-        self.sock = sock
+            self._conn.request(method, target, body=body, headers=headers)
+            resp = self._conn.getresponse()
+            data = resp.read()
+        except http.client.RemoteDisconnected as exc:
+            raise ServerClosed(str(exc)) from exc
+        self.reused = True
+        answer_headers = {k.lower(): v for k, v in resp.getheaders()}
+        if answer_headers.get("connection", "").lower() == "close":
+            self.close()
+        return resp.status, answer_headers, data
 
-
-def _peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (Linux), else ``None``."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    except OSError:
-        return None
-    return int(struct.unpack("3i", creds)[1])
+    def close(self) -> None:
+        self._conn.close()
+        self.reused = False
 
 
 class Client:
@@ -105,16 +95,14 @@ class Client:
         return self.url or f"unix:{self.socket_path}"
 
     # -- transport -------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def _connection(self) -> UnixConnection | _TcpConnection:
+        conn: UnixConnection | _TcpConnection | None = getattr(self._local, "conn", None)
         if conn is None:
             if self.url:
-                cls = (http.client.HTTPSConnection if self._scheme == "https"
-                       else http.client.HTTPConnection)
-                conn = cls(self._host, self._port, timeout=self.timeout)
+                conn = _TcpConnection(self._scheme, self._host, self._port, self.timeout)
             else:
                 assert self.socket_path is not None
-                conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+                conn = UnixConnection(self.socket_path, self.timeout)
             self._local.conn = conn
         return conn
 
@@ -146,12 +134,10 @@ class Client:
         for attempt in (0, 1):
             conn = self._connection()
             try:
-                conn.request(method, path, body=payload, headers=hdrs)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                return conn.exchange(method, path, payload, hdrs)
+            except (BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                if attempt == 0 and getattr(conn, "_reused", False):
+                if attempt == 0 and conn.reused:
                     continue
                 raise DaemonNotRunning(f"the daemon at {self.where} closed the connection: "
                                        f"{exc}") from exc
@@ -161,10 +147,6 @@ class Client:
             except OSError:
                 self.close()
                 raise
-            conn._reused = True  # type: ignore[attr-defined]
-            if resp.getheader("connection", "").lower() == "close":
-                self.close()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         raise AssertionError("unreachable")
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
@@ -280,6 +262,8 @@ def decode_base64_embedding(value: str | list[float]) -> list[float]:
     """OpenAI's ``base64`` encoding: little-endian float32s. Floats pass through."""
     if isinstance(value, list):
         return value
+    import base64
+
     raw = base64.b64decode(value)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
@@ -288,6 +272,8 @@ def image_data_uri(path: str | Path) -> str:
     """A file as the ``data:image/...;base64,`` string the embeddings API accepts."""
     data = Path(path).read_bytes()
     kind = _sniff_image(data)
+    import base64
+
     return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
 
 
