@@ -55,7 +55,9 @@ def daemon() -> Iterator[Daemon]:
 
 @pytest.fixture
 def clean_daemon(daemon: Daemon) -> Iterator[Daemon]:
-    """The shared daemon, with every model ejected after the test."""
+    """The shared daemon with an empty cache, emptied again after the test."""
+    if daemon.alive():
+        daemon.client.eject(all=True, force=True)
     yield daemon
     if daemon.alive():
         daemon.client.eject(all=True, force=True)

@@ -7,6 +7,7 @@ One daemon for the module, with its cpu budget from ``MODELCTL_MAX_CPU_MEMORY``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,8 +83,13 @@ def test_keep_alive_expires_an_idle_model(d: Daemon, tiny_clip: dict[str, Any]) 
 
 def test_model_in_use_does_not_expire_mid_request(d: Daemon) -> None:
     d.client.load_model(MINILM, "cpu", keep_alive="1s")
+    # One request that runs well past the keep-alive, however fast this machine is.
+    started = time.monotonic()
+    _embed(d, MINILM, LONG_BATCH)
+    copies = max(1, min(30, math.ceil(2.5 / (time.monotonic() - started))))
+    long_request = LONG_BATCH * copies
     with ThreadPoolExecutor(1) as pool:
-        request = pool.submit(_embed, d, MINILM, LONG_BATCH)
+        request = pool.submit(_embed, d, MINILM, long_request)
         started = time.monotonic()
         in_use_for = 0.0
         while not request.done():
@@ -96,7 +102,7 @@ def test_model_in_use_does_not_expire_mid_request(d: Daemon) -> None:
                 assert entry["expires_at"] is None  # no expiry while in use
                 in_use_for = time.monotonic() - started
             time.sleep(0.1)
-        assert request.result() == len(LONG_BATCH)
+        assert request.result() == len(long_request)
     assert in_use_for > 1.5, "the request was too short to outlive the keep-alive"
     # Idle again: its keep-alive runs from the end of the request.
     wait_gone(d, MINILM)

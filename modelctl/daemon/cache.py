@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ctypes
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,14 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from modelctl.daemon import loaders
 from modelctl.daemon.batcher import Batcher
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.devices import check_device_present, display_device
 from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.registry import ModelSpec
+from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
 from modelctl.errors import (
     ApiError,
@@ -59,7 +56,6 @@ Ejected = dict[str, Any]
 # Aliases: inside ModelCache, ``list`` names its method.
 _Entries = list["Entry"]
 _Results = list[Ejected]
-_Models = list[LoadedModel]
 
 
 @dataclass(eq=False)
@@ -137,6 +133,7 @@ class ModelCache:
                  default_keep_alive: float | None, torch_ready: Callable[[], Any]) -> None:
         self.entries: dict[tuple[str, str], Entry] = {}
         self.budgets = budgets
+        self._reclaimer = Reclaimer(budgets)
         self.metrics = metrics
         self.offline = offline
         self.default_keep_alive = default_keep_alive
@@ -254,7 +251,8 @@ class ModelCache:
             entry.ready.set_exception(exc if isinstance(exc, Exception) else
                                       ServiceUnavailable("load cancelled"))
             with contextlib.suppress(RuntimeError):  # the pool is gone at shutdown
-                await loop.run_in_executor(self._loader_pool, self._free, holder, entry.device)
+                await loop.run_in_executor(self._loader_pool, self._reclaimer.free, holder,
+                                           entry.device)
 
     def _load_blocking(self, spec: ModelSpec, device: str) -> _Loaded:
         """Load and measure in a worker thread (cuda synchronisation blocks)."""
@@ -267,7 +265,7 @@ class ModelCache:
         # Give back what the load used only on the way (a checkpoint's state dict, a cpu
         # copy before the move to cuda), so the daemon's RSS and NVML's used memory show
         # what the model holds, and an eject's freed bytes are the model's alone.
-        self._free([], device)
+        self._reclaimer.free([], device)
         device_bytes = after - before if before is not None and after is not None else None
         return _Loaded(model, size, device_bytes, seconds)
 
@@ -391,14 +389,14 @@ class ModelCache:
                                 "anyway", entry.name, entry.device, entry.leases,
                                 DRAIN_TIMEOUT_S)
             # The model leaves the entry and the batcher here, and the event loop holds
-            # no other reference: ``_free`` drops the last one in its thread.
+            # no other reference: ``Reclaimer.free`` drops the last one in its thread.
             holder = [entry.model] if entry.model is not None else []
             entry.model = None
             if entry.batcher is not None:
                 entry.batcher.close()
                 entry.batcher = None
             freed_rss, freed_device = await asyncio.get_running_loop().run_in_executor(
-                self._loader_pool, self._free, holder, entry.device)
+                self._loader_pool, self._reclaimer.free, holder, entry.device)
             if reason == "eject":
                 self.metrics.ejected(entry)
             elif reason == "expire":
@@ -417,29 +415,6 @@ class ModelCache:
                 "bytes_freed": freed_device if freed_device is not None else freed_rss,
                 "rss_freed": freed_rss, "device_bytes_freed": freed_device,
                 "reason": reason}
-
-    def _free(self, holder: _Models, device: str) -> tuple[int, int | None]:
-        """Drop the model in ``holder`` and hand its memory back to the OS or driver;
-        return (RSS freed, allocator bytes freed)."""
-        process = psutil.Process()
-        rss_before = process.memory_info().rss
-        allocated_before = self.budgets.allocated(device)
-        while holder:
-            model = holder.pop()
-            model.release()  # drops the tensors even if something still holds the object
-            del model
-        # Modules hold reference cycles (hooks, parent links): collect them now, not at
-        # some later allocation.
-        gc.collect()
-        self.budgets.release_cached(device)
-        # glibc keeps freed heap pages (and whole arenas of worker threads) mapped;
-        # malloc_trim hands them back, on cuda too (a model passes through host memory).
-        _malloc_trim()
-        rss_after = process.memory_info().rss
-        allocated_after = self.budgets.allocated(device)
-        freed_device = (allocated_before - allocated_after
-                        if allocated_before is not None and allocated_after is not None else None)
-        return max(0, rss_before - rss_after), freed_device
 
     # -- keep-alive --------------------------------------------------------------------
     def start(self) -> None:
@@ -491,8 +466,3 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
         if not isinstance(exc, ApiError):
             log.error("background task failed: %r", exc, exc_info=exc)
 
-
-def _malloc_trim() -> None:
-    """Give freed heap pages back to the OS (glibc keeps them otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
