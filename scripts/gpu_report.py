@@ -191,12 +191,15 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput run")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--small", action="store_true",
+                        help="a smaller eviction model (for a quick run of the flow on cpu)")
     args = parser.parse_args()
     device = args.device
     work = Path(tempfile.mkdtemp(prefix="mc-gpu-"))
     clip_props = make_tiny_clip(work / "small", arch="gpu-tiny-clip")
+    width, layers = (256, 2) if args.small else (768, 6)
     big_props = make_tiny_clip(work / "wide", arch="gpu-wide-clip",
-                               config=wide_clip_config(width=768, layers=6))
+                               config=wide_clip_config(width=width, layers=layers))
     image = work / "red.png"
     image.write_bytes(png_bytes())
     started = time.perf_counter()
