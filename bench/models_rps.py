@@ -17,6 +17,7 @@ import argparse
 import http.client
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modelctl.client import _UnixHTTPConnection  # noqa: E402
 from tests.support import Daemon, free_port  # noqa: E402
 
 TARGET = 0.8
@@ -50,12 +50,26 @@ async def models() -> Response:
 Connect = Callable[[], http.client.HTTPConnection]
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """The load generator's client over AF_UNIX: the same http.client as over TCP."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
 def tcp(port: int) -> Connect:
     return lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
 
 def unix(path: str) -> Connect:
-    return lambda: _UnixHTTPConnection(path, 10)
+    return lambda: UnixHTTPConnection(path, 10)
 
 
 def get_models(connect: Connect) -> bytes:
