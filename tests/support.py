@@ -151,6 +151,18 @@ class Daemon:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
+def counter(d: Daemon, family: str, model: str) -> float:
+    """The value of the Prometheus counter ``family`` for ``model``, read from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for metric in text_string_to_metric_families(d.client.metrics()):
+        if metric.name == family:
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                    return float(sample.value)
+    return 0.0
+
+
 def daemon_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.client import Client
 from modelctl.errors import CacheManagementError
-from tests.support import MINILM, Daemon, make_tiny_clip, wide_clip_config
+from tests.support import MINILM, Daemon, counter, make_tiny_clip, wide_clip_config
 
 BUDGET = 250 * 10**6
 # Long enough for MiniLM to keep a lease out for seconds: the loads a test makes while
@@ -63,15 +63,6 @@ def load_small(d: Daemon, name: str, checkpoints: dict[str, dict[str, Any]],
 
 def names(d: Daemon) -> set[str]:
     return {m["name"] for m in d.client.list_models()}
-
-
-def counter(d: Daemon, family: str, model: str) -> float:
-    for metric in text_string_to_metric_families(d.client.metrics()):
-        if metric.name == family:
-            for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels.get("model") == model:
-                    return float(sample.value)
-    return 0.0
 
 
 def test_budget_comes_from_the_start_flag(d: Daemon) -> None:

@@ -15,10 +15,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.client import Client
-from tests.support import MINILM, Daemon, daemon_rss, make_tiny_clip, wide_clip_config
+from tests.support import MINILM, Daemon, counter, daemon_rss, make_tiny_clip, wide_clip_config
 
 LONG_BATCH = [f"request {i}: " + "a long sentence that keeps the model busy " * 12
               for i in range(64)]
@@ -41,15 +40,6 @@ def wide_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A random open_clip model of about 380 MB."""
     return make_tiny_clip(tmp_path_factory.mktemp("wide-clip"), arch="rss-wide",
                           config=wide_clip_config(768, 4))
-
-
-def counter(d: Daemon, family: str, model: str) -> float:
-    for metric in text_string_to_metric_families(d.client.metrics()):
-        if metric.name == family:
-            for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels.get("model") == model:
-                    return float(sample.value)
-    return 0.0
 
 
 def seconds(iso: str) -> float:
