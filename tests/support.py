@@ -163,6 +163,15 @@ def counter(d: Daemon, family: str, model: str) -> float:
     return 0.0
 
 
+def embed_on_own_connection(d: Daemon, model: str, texts: list[str]) -> int:
+    """Embed ``texts`` on cpu over a connection of its own (for worker threads); the count."""
+    client = Client(socket_path=d.socket_path)
+    try:
+        return len(client.embed(model, texts, device="cpu"))
+    finally:
+        client.close()
+
+
 def daemon_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

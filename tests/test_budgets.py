@@ -21,7 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.client import Client
 from modelctl.errors import CacheManagementError
-from tests.support import MINILM, Daemon, counter, make_tiny_clip, wide_clip_config
+from tests.support import (
+    MINILM,
+    Daemon,
+    counter,
+    embed_on_own_connection,
+    make_tiny_clip,
+    wide_clip_config,
+)
 
 BUDGET = 250 * 10**6
 # Long enough for MiniLM to keep a lease out for seconds: the loads a test makes while
@@ -118,7 +125,7 @@ def test_model_in_use_is_not_evicted(d: Daemon, checkpoints: dict[str, dict[str,
     d.client.load_model(MINILM, "cpu")
     evictions = counter(d, "modelctl_evictions", MINILM)
     with ThreadPoolExecutor(1) as pool:
-        request = pool.submit(_embed, d, MINILM, LONG_BATCH)
+        request = pool.submit(embed_on_own_connection, d, MINILM, LONG_BATCH)
         _wait_in_flight(d, MINILM)
         # MiniLM was last used when its request started, before clip-1 was loaded: it
         # is the LRU model, but it holds a lease, so the idle clip-1 is the one to go.
@@ -153,7 +160,7 @@ def test_no_room_is_409_naming_the_holders_and_evicts_nothing(
     d.client.eject("clip-2")
     d.client.load_model(MINILM, "cpu")
     with ThreadPoolExecutor(1) as pool:
-        request = pool.submit(_embed, d, MINILM, LONG_BATCH)
+        request = pool.submit(embed_on_own_connection, d, MINILM, LONG_BATCH)
         _wait_in_flight(d, MINILM)
         proc = d.cli("load", "clip-3", "--device", "cpu", "--properties",
                      json.dumps(checkpoints["small"]))
@@ -189,12 +196,6 @@ def test_concurrent_loads_that_each_need_eviction(
     assert counter(d, "modelctl_evictions", "clip-2") == before["clip-2"] + 1
 
 
-def _embed(d: Daemon, model: str, texts: list[str]) -> int:
-    client = Client(socket_path=d.socket_path)
-    try:
-        return len(client.embed(model, texts, device="cpu"))
-    finally:
-        client.close()
 
 
 def _wait_in_flight(d: Daemon, name: str, timeout: float = 30) -> None:

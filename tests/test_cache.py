@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from modelctl.client import Client
-from tests.support import MINILM, Daemon, counter, daemon_rss, make_tiny_clip, wide_clip_config
+from tests.support import (
+    MINILM,
+    Daemon,
+    counter,
+    daemon_rss,
+    embed_on_own_connection,
+    make_tiny_clip,
+    wide_clip_config,
+)
 
 LONG_BATCH = [f"request {i}: " + "a long sentence that keeps the model busy " * 12
               for i in range(64)]
@@ -75,11 +83,11 @@ def test_model_in_use_does_not_expire_mid_request(d: Daemon) -> None:
     d.client.load_model(MINILM, "cpu", keep_alive="1s")
     # One request that runs well past the keep-alive, however fast this machine is.
     started = time.monotonic()
-    _embed(d, MINILM, LONG_BATCH)
+    embed_on_own_connection(d, MINILM, LONG_BATCH)
     copies = max(1, min(30, math.ceil(2.5 / (time.monotonic() - started))))
     long_request = LONG_BATCH * copies
     with ThreadPoolExecutor(1) as pool:
-        request = pool.submit(_embed, d, MINILM, long_request)
+        request = pool.submit(embed_on_own_connection, d, MINILM, long_request)
         started = time.monotonic()
         in_use_for = 0.0
         while not request.done():
@@ -170,11 +178,3 @@ def test_eject_gives_the_memory_back_to_the_os(d: Daemon, wide_clip: dict[str, A
     d.client.load_model("rss-wide", "cpu", properties=wide_clip)
     out = d.cli("eject", "rss-wide", check=True)
     assert "ejected rss-wide from cpu, freed" in out.stdout
-
-
-def _embed(d: Daemon, model: str, texts: list[str]) -> int:
-    client = Client(socket_path=d.socket_path)
-    try:
-        return len(client.embed(model, texts, device="cpu"))
-    finally:
-        client.close()

@@ -401,7 +401,6 @@ class ModelCache:
                 self.metrics.ejected(entry)
             elif reason == "expire":
                 self.metrics.expired(entry)
-            self.metrics.unloaded(entry)
         finally:
             # Listed as ejecting until its memory is back: what ls shows is what is held.
             if self.entries.get(entry.key) is entry:

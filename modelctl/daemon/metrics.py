@@ -84,9 +84,6 @@ class Metrics:
     def ejected(self, entry: Entry) -> None:
         self.ejects.labels(**self._labels(entry)).inc()
 
-    def unloaded(self, entry: Entry) -> None:
-        """Drop per-batch series of a model that is gone (counters of events stay)."""
-
     def embedded(self, entry: Entry, inputs: int, seconds: float) -> None:
         labels = self._labels(entry)
         self.embedding_requests.labels(**labels).inc()
