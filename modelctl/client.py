@@ -194,10 +194,14 @@ class Client:
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
-                   properties: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Load ``name`` on ``device`` (waits for the load; returns the entry)."""
+                   properties: dict[str, Any] | None = None, precision: str | None = None,
+                   engine: str | None = None) -> dict[str, Any]:
+        """Load ``name`` on ``device`` (waits for the load; returns the entry).
+
+        ``precision``/``engine`` choose the variant (default: the daemon's, fp32 torch).
+        """
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
-                "properties": properties}
+                "properties": properties, "precision": precision, "engine": engine}
         return self.request("POST", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})
 
@@ -209,9 +213,12 @@ class Client:
                             body={k: v for k, v in body.items() if v is not None})["models"]
 
     def eject(self, name: str | None = None, device: str | None = None, *,
-              all: bool = False, force: bool = False) -> dict[str, Any]:
-        """Eject one model (from ``device``, or every device) or, with ``all``, everything."""
-        query: dict[str, Any] = {"name": name, "device": device}
+              all: bool = False, force: bool = False, precision: str | None = None,
+              engine: str | None = None) -> dict[str, Any]:
+        """Eject one model (from ``device``, or every device; every variant unless
+        ``precision``/``engine`` narrow it) or, with ``all``, everything."""
+        query: dict[str, Any] = {"name": name, "device": device, "precision": precision,
+                                 "engine": engine}
         if all:
             query["all"] = "true"
         if force:
@@ -228,20 +235,24 @@ class Client:
 
     def embeddings(self, model: str, input: str | Sequence[str], *, device: str | None = None,
                    normalize: bool | None = None, encoding_format: str | None = None,
+                   precision: str | None = None, engine: str | None = None,
                    ) -> dict[str, Any]:
-        """``POST /v1/embeddings`` as the OpenAI API defines it, plus ``device``/``normalize``."""
+        """``POST /v1/embeddings`` as the OpenAI API defines it, plus ``device``,
+        ``normalize`` and the variant (``precision``, ``engine``)."""
         body: dict[str, Any] = {"model": model, "input": input}
         for key, value in (("device", device), ("normalize", normalize),
-                           ("encoding_format", encoding_format)):
+                           ("encoding_format", encoding_format), ("precision", precision),
+                           ("engine", engine)):
             if value is not None:
                 body[key] = value
         return self.request("POST", "/v1/embeddings", body=body)
 
     def embed(self, model: str, inputs: Sequence[str], *, device: str | None = None,
-              normalize: bool | None = None) -> list[list[float]]:
+              normalize: bool | None = None, precision: str | None = None,
+              engine: str | None = None) -> list[list[float]]:
         """Embeddings of ``inputs`` (texts, or ``data:image/...;base64,`` strings) in order."""
         reply = self.embeddings(model, list(inputs), device=device, normalize=normalize,
-                                encoding_format="base64")
+                                encoding_format="base64", precision=precision, engine=engine)
         return [decode_base64_embedding(item["embedding"]) for item in reply["data"]]
 
     def metrics(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,9 @@ STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# A loaded model's variants (daemon/loaders/precision.py says which devices run which).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+ENGINES = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class Settings:
     offline: bool = False
     debug: bool = False
     limits: Limits = field(default_factory=Limits)
+    # The variant a load gets when it names none (Marqo's default: fp32 torch).
+    precision: str = "fp32"
+    engine: str = "torch"
+    threads: int | None = None  # cpu intra-op threads; None: adapt to the free cores
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "modelctl")
 
     @property
     def lock_path(self) -> Path:
@@ -105,7 +113,52 @@ class Settings:
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
             limits=_limits(env),
+            precision=_choice(env, "MODELCTL_PRECISION", PRECISIONS, "fp32"),
+            engine=_choice(env, "MODELCTL_ENGINE", ENGINES, "torch"),
+            threads=_threads(env.get("MODELCTL_THREADS")),
+            cache_dir=_cache_dir(env),
         )
+
+
+def set_compute_environment(environ: MutableMapping[str, str] | None = None) -> None:
+    """Before torch is imported: OpenMP workers that sleep when idle, not spin.
+
+    A spinning worker holds a core another process on a shared host needs, and every
+    pass then waits for the thread that got none. A value the user set is kept.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _choice(env: Mapping[str, str], var: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (env.get(var) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise InvalidArgument(f"{var}: must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
+
+
+def _threads(raw: str | None) -> int | None:
+    """``MODELCTL_THREADS``: cpu intra-op threads, pinned (unset or 0: adapt)."""
+    if not raw or not raw.strip():
+        return None
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"MODELCTL_THREADS: not a whole number: {raw!r}") from None
+    if not 0 <= threads <= 1024:
+        raise InvalidArgument(f"MODELCTL_THREADS: must be 0 (adapt) to 1024, not {threads}")
+    return threads or None
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path:
+    """``MODELCTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelctl``, else ``~/.cache/modelctl``."""
+    if env.get("MODELCTL_CACHE_DIR"):
+        return Path(env["MODELCTL_CACHE_DIR"]).expanduser()
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "modelctl"
+    return Path.home() / ".cache" / "modelctl"
 
 
 def default_runtime_dir(env: Mapping[str, str]) -> Path:

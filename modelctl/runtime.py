@@ -45,6 +45,10 @@ _SETTING_ENV = {
     "max_cuda_memory": "MODELCTL_MAX_CUDA_MEMORY",
     "default_device": "MODELCTL_DEVICE",
     "keep_alive": "MODELCTL_KEEP_ALIVE",
+    "precision": "MODELCTL_PRECISION",
+    "engine": "MODELCTL_ENGINE",
+    "threads": "MODELCTL_THREADS",
+    "cache_dir": "MODELCTL_CACHE_DIR",
 }
 
 

@@ -38,7 +38,8 @@ def base_env(runtime_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MODELCTL_", "MARQO_"))}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MODELCTL_RUNTIME_DIR=str(runtime_dir),
-               PYTHONUNBUFFERED="1", NO_COLOR="1", TOKENIZERS_PARALLELISM="false")
+               PYTHONUNBUFFERED="1", NO_COLOR="1", TOKENIZERS_PARALLELISM="false",
+               MODELCTL_CACHE_DIR=str(runtime_dir / "cache"))  # ONNX exports: not in ~/.cache
     env.update(extra)
     return env
 

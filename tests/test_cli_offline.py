@@ -369,8 +369,8 @@ def test_entry_row_and_table_render() -> None:
              "loaded_at": "2025-12-31T23:57:00Z", "last_used_at": None, "requests": 3,
              "pinned": True, "expires_at": None}
     row = entry_row(entry, now)
-    assert row == ["ViT-L/14", "cuda:0", "clip", "768", "ready", "85.8 MiB", "3m ago", "-",
-                   "3", "pinned", "never"]
+    assert row == ["ViT-L/14", "cuda:0", "torch/fp32", "clip", "768", "ready", "85.8 MiB",
+                   "3m ago", "-", "3", "pinned", "never"]
     buffer = io.StringIO()
     output.use_console(output.make_console(file=buffer, width=120))
     try:

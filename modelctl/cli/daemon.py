@@ -19,13 +19,16 @@ from modelctl.cli.params import (
     MaxCpuMemoryOpt,
     MaxCudaMemoryOpt,
     ServerApiKeyOpt,
+    ServerEngineOpt,
     ServerKeepAliveOpt,
+    ServerPrecisionOpt,
+    ThreadsOpt,
     duration_value,
     help_without_command,
     size_value,
 )
 from modelctl.cli.state import State, check_version, get_state
-from modelctl.config import PreloadItem, Settings
+from modelctl.config import ENGINES, PRECISIONS, PreloadItem, Settings
 from modelctl.errors import (
     ApiError,
     DaemonNotRunning,
@@ -43,9 +46,15 @@ app.callback(help="Start, stop and inspect the background daemon.",
 def server_settings(settings: Settings, *, http: int | None, host: str | None,
                     api_key: str | None, max_cpu_memory: str | None,
                     max_cuda_memory: str | None, keep_alive: str | None,
-                    preload: list[str] | None = None) -> Settings:
+                    preload: list[str] | None = None, precision: str | None = None,
+                    engine: str | None = None, threads: int | None = None) -> Settings:
     """``settings`` with the server flags a command was given, parsed and checked."""
-    new = settings.with_overrides(
+    for flag, value, choices in (("--precision", precision, PRECISIONS),
+                                 ("--engine", engine, ENGINES)):
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}, not {value!r}",
+                                     param_hint=flag)
+    new = settings.with_overrides(precision=precision, engine=engine,
         http_port=http, http_host=host, api_key=api_key,
         max_cpu_memory=size_value(max_cpu_memory, "--max-cpu-memory"),
         max_cuda_memory=size_value(max_cuda_memory, "--max-cuda-memory"),
@@ -53,6 +62,8 @@ def server_settings(settings: Settings, *, http: int | None, host: str | None,
     seconds = duration_value(keep_alive, "--keep-alive")
     if seconds is not None:  # -1 means never, which Settings spells None
         new = replace(new, keep_alive=None if seconds < 0 else seconds)
+    if threads is not None:  # 0 means adapt, which Settings spells None
+        new = replace(new, threads=threads or None)
     if new.http_port is not None and not new.api_key and not _is_loopback(new.http_host):
         output.warn(f"http://{new.http_host}:{new.http_port} accepts requests from other "
                     "machines without an API key; give --api-key KEY (or MODELCTL_API_KEY)")
@@ -116,17 +127,22 @@ def serve(
     keep_alive: ServerKeepAliveOpt = None,
     preload: Annotated[list[str] | None, typer.Option(
         "--preload", metavar="NAME", help="Load this model at start; repeatable.")] = None,
+    precision: ServerPrecisionOpt = None,
+    engine: ServerEngineOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it); --http adds a TCP listener."""
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
-                               keep_alive=keep_alive, preload=preload)
+                               keep_alive=keep_alive, preload=preload, precision=precision,
+                               engine=engine, threads=threads)
     health = _running(state)
     if health is not None:
         check_version(health)
         _ignored_flags({"--max-cpu-memory": max_cpu_memory, "--max-cuda-memory":
-                        max_cuda_memory, "--keep-alive": keep_alive, "--preload": preload},
+                        max_cuda_memory, "--keep-alive": keep_alive, "--preload": preload,
+                        "--precision": precision, "--engine": engine, "--threads": threads},
                        health.get("pid"))
         if http is not None:
             _add_listener(state, health, settings)
@@ -151,13 +167,20 @@ def start(
     max_cpu_memory: MaxCpuMemoryOpt = None,
     max_cuda_memory: MaxCudaMemoryOpt = None,
     keep_alive: ServerKeepAliveOpt = None,
+    precision: ServerPrecisionOpt = None,
+    engine: ServerEngineOpt = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the daemon in the background (nothing happens if one runs)."""
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
-                               keep_alive=keep_alive)
+                               keep_alive=keep_alive, precision=precision, engine=engine,
+                               threads=threads)
+    if threads == 0:
+        # Settings spells "adapt" None, which the child's environment cannot carry.
+        os.environ["MODELCTL_THREADS"] = "0"
     if keep_alive is not None:
         # runtime.spawn_daemon passes the child only some settings; keep-alive rides in
         # the environment it copies (this process exits right after).
@@ -169,7 +192,9 @@ def start(
     if not started:
         output.hint(f"modelctl daemon already running (pid {health.get('pid')})")
         _ignored_flags({"--max-cpu-memory": max_cpu_memory, "--max-cuda-memory":
-                        max_cuda_memory, "--keep-alive": keep_alive}, health.get("pid"))
+                        max_cuda_memory, "--keep-alive": keep_alive,
+                        "--precision": precision, "--engine": engine, "--threads": threads},
+                       health.get("pid"))
         if http is not None:
             _add_listener(state, health, settings)
     if as_json:

@@ -55,10 +55,26 @@ def device_rows(info: dict[str, Any]) -> list[list[Any]]:
 
 
 def devices_table(info: dict[str, Any]) -> Table:
-    caption = None
+    notes = [native_note(info)]
     if not info.get("cuda_available") and info.get("cuda_error"):
-        caption = f"cuda: {info['cuda_error']}"
+        notes.append(f"cuda: {info['cuda_error']}")
+    caption = "\n".join(n for n in notes if n) or None
     return output.make_table(DEVICE_COLUMNS, device_rows(info), caption=caption)
+
+
+def native_note(info: dict[str, Any]) -> str:
+    """Which precisions each device computes natively, and the cpu's threads per pass."""
+    parts = []
+    for report in [info.get("cpu") or {}, *(info.get("cuda") or ())]:
+        native = report.get("native_precisions")
+        if native:
+            parts.append(f"{report.get('device')} {' '.join(native)}")
+    note = f"native precisions: {'; '.join(parts)}" if parts else ""
+    threads = (info.get("cpu") or {}).get("threads")
+    if threads:
+        pinned = (info.get("cpu") or {}).get("threads_pinned")
+        note += f"\ncpu threads per pass: {threads} ({'pinned' if pinned else 'adaptive'})"
+    return note
 
 
 def devices(ctx: typer.Context, as_json: JsonOpt = False) -> None:

@@ -10,12 +10,16 @@ import typer
 from modelctl.cli import output
 from modelctl.cli.params import (
     DeviceOpt,
+    EngineOpt,
     JsonOpt,
     KeepAliveOpt,
     LoadedDeviceOpt,
+    LoadedEngineOpt,
     LoadedModelArg,
+    LoadedPrecisionOpt,
     ModelArg,
     OptionalLoadedModelArg,
+    PrecisionOpt,
     duration_value,
     json_object_value,
 )
@@ -27,7 +31,7 @@ from modelctl.units import format_bytes
 LOAD_TIMEOUT = 3600.0
 
 ENTRY_COLUMNS: list[output.Column] = [
-    ("NAME", "left"), ("DEVICE", "left"), ("FAMILY", "left"), ("DIM", "right"),
+    ("NAME", "left"), ("DEVICE", "left"), ("VARIANT", "left"), ("FAMILY", "left"), ("DIM", "right"),
     ("STATE", "left"), ("SIZE", "right"), ("LOADED", "left"), ("LAST USED", "left"),
     ("REQUESTS", "right"), ("PIN", "left"), ("EXPIRES", "left"),
 ]
@@ -54,7 +58,9 @@ def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
-        str(entry.get("name")), str(entry.get("device")), str(entry.get("family") or "-"),
+        str(entry.get("name")), str(entry.get("device")),
+        f"{entry.get('engine') or 'torch'}/{entry.get('precision') or 'fp32'}",
+        str(entry.get("family") or "-"),
         str(entry.get("dimensions") or "-"), str(entry.get("state") or "-"),
         format_bytes(entry_size(entry)), output.ago(entry.get("loaded_at"), now),
         output.ago(entry.get("last_used_at"), now), str(entry.get("requests", 0)),
@@ -106,6 +112,8 @@ def load(
     properties: Annotated[str | None, typer.Option(
         "--properties", metavar="JSON",
         help="A custom model's modelProperties (Marqo's shape), as JSON or @file.json.")] = None,
+    precision: PrecisionOpt = None,
+    engine: EngineOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (starting the daemon if none runs) and show its entry."""
@@ -115,7 +123,7 @@ def load(
     where = f" on {device}" if device else ""
     with output.activity(f"loading {name}{where}"):
         entry = client.load_model(name, device, pin=True if pin else None, keep_alive=seconds,
-                                  properties=props)
+                                  properties=props, precision=precision, engine=engine)
     if as_json:
         output.print_json(entry)
     else:
@@ -130,9 +138,12 @@ def eject(
         "--all", help="Eject every model (on --device only, if given).")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Do not wait for requests in flight to finish.")] = False,
+    precision: LoadedPrecisionOpt = None,
+    engine: LoadedEngineOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Eject a model and hand its memory back. Never starts a daemon."""
+    """Eject a model (every variant unless narrowed) and hand its memory back. Never
+    starts a daemon."""
     if all_ and name:
         raise typer.BadParameter("give a NAME or --all, not both", param_hint="NAME")
     if not all_ and not name:
@@ -141,7 +152,8 @@ def eject(
     client = state.client()
     try:
         with output.activity(f"ejecting {name or 'every model'}"):
-            result = client.eject(name, device, all=all_, force=force)
+            result = client.eject(name, device, all=all_, force=force, precision=precision,
+                                  engine=engine)
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:

@@ -42,7 +42,34 @@ KeepAliveOpt = Annotated[str | None, typer.Option(
     "--keep-alive", metavar="DURATION",
     help="Eject the model after it has been idle this long (30s, 10m, 1h; -1: never).")]
 
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", metavar="PRECISION",
+    help="fp32, fp16 (cuda), bf16 or int8 (ONNX Runtime) [default: the daemon's, fp32].")]
+
+EngineOpt = Annotated[str | None, typer.Option(
+    "--engine", metavar="ENGINE",
+    help="torch or onnx (text models on cpu) [default: the daemon's, torch; onnx for int8].")]
+
+LoadedPrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", metavar="PRECISION",
+    help="Only the variant of this precision [default: every variant].")]
+
+LoadedEngineOpt = Annotated[str | None, typer.Option(
+    "--engine", metavar="ENGINE", help="Only the variant on this engine [default: every variant].")]
+
 # -- the server's settings (serve, daemon start) ---------------------------------------
+ServerPrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", metavar="PRECISION",
+    help="Precision of loads that name none: fp32, fp16, bf16, int8 [default: fp32].")]
+
+ServerEngineOpt = Annotated[str | None, typer.Option(
+    "--engine", metavar="ENGINE",
+    help="Engine of loads that name none: torch or onnx [default: torch].")]
+
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", metavar="N", min=0, max=1024,
+    help="cpu threads per forward pass [default: 0, the cores other processes leave free].")]
+
 HttpOpt = Annotated[int | None, typer.Option(
     "--http", metavar="PORT", min=0, max=65535,
     help="Also listen for HTTP on this TCP port (the Marqo-compatible API; 0: any free port).")]

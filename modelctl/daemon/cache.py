@@ -1,4 +1,5 @@
-"""ModelCache: the daemon's loaded models, keyed by (canonical name, canonical device).
+"""ModelCache: the daemon's loaded models, keyed by (canonical name, canonical device,
+engine, precision): two variants of one model are two entries (loaders/variants.py).
 
 Concurrency model: every mutation of ``entries`` happens on the event loop, so a
 decision (what to evict, whether a load fits) and the state change that records it
@@ -28,16 +29,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelctl.daemon import loaders
 from modelctl.daemon.batcher import Batcher
 from modelctl.daemon.budget import Budgets
-from modelctl.daemon.devices import check_device_present, display_device
+from modelctl.daemon.devices import check_device_present, display_device, native_precisions
+from modelctl.daemon.loaders import precision
 from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.registry import ModelSpec
 from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
+from modelctl.daemon.threads import GovernedExecutor, ThreadGovernor
 from modelctl.errors import (
     ApiError,
     CacheManagementError,
@@ -56,6 +60,7 @@ Ejected = dict[str, Any]
 # Aliases: inside ModelCache, ``list`` names its method.
 _Entries = list["Entry"]
 _Results = list[Ejected]
+Key = tuple[str, str, str, str]  # (canonical name, device, engine, precision)
 
 
 @dataclass(eq=False)
@@ -81,10 +86,15 @@ class Entry:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     ejection: asyncio.Task[Ejected] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.spec.name, self.device)
+    def key(self) -> Key:
+        return (self.spec.name, self.device, self.spec.engine, self.spec.precision)
+
+    @property
+    def variant(self) -> str:
+        return f"{self.spec.engine}/{self.spec.precision}"
 
     @property
     def held_bytes(self) -> int:
@@ -108,6 +118,9 @@ class Entry:
         model = self.model
         return {
             "name": self.name, "canonical_name": self.spec.name, "device": self.device,
+            "engine": self.spec.engine, "precision": self.spec.precision,
+            "accuracy": getattr(model, "accuracy", None), "warnings": self.warnings,
+            "onnx": getattr(model, "onnx", None),
             "family": self.spec.family,
             "dimensions": model.dimensions if model is not None else self.spec.dimensions,
             "modalities": list(self.spec.modalities), "state": self.state,
@@ -130,8 +143,11 @@ class _Loaded:
 
 class ModelCache:
     def __init__(self, budgets: Budgets, metrics: Metrics, *, offline: bool,
-                 default_keep_alive: float | None, torch_ready: Callable[[], Any]) -> None:
-        self.entries: dict[tuple[str, str], Entry] = {}
+                 default_keep_alive: float | None, torch_ready: Callable[[], Any],
+                 cache_dir: Path, threads: ThreadGovernor | None = None) -> None:
+        self.entries: dict[Key, Entry] = {}
+        self.cache_dir = cache_dir
+        self.threads = threads or ThreadGovernor()
         self.budgets = budgets
         self._reclaimer = Reclaimer(budgets)
         self.metrics = metrics
@@ -141,7 +157,7 @@ class ModelCache:
         self._load_locks: dict[str, asyncio.Lock] = {}
         # What each (model, device) measured when last loaded: the best estimate for a
         # model that is loaded again after an eviction.
-        self._measured: dict[tuple[str, str], int] = {}
+        self._measured: dict[Key, int] = {}
         self._loader_pool = ThreadPoolExecutor(2, thread_name_prefix="load")
         self._encode_pools: dict[str, ThreadPoolExecutor] = {}
         self._closing = False
@@ -152,9 +168,13 @@ class ModelCache:
     def list(self) -> _Entries:
         return list(self.entries.values())
 
-    def find(self, spec_name: str, device: str | None = None) -> _Entries:
+    def find(self, spec_name: str, device: str | None = None, *, engine: str | None = None,
+             precision: str | None = None) -> _Entries:
+        """Entries of ``spec_name``: every device and variant unless narrowed."""
         return [e for e in self.entries.values()
-                if e.spec.name == spec_name and (device is None or e.device == device)]
+                if e.spec.name == spec_name and (device is None or e.device == device)
+                and (engine is None or e.spec.engine == engine)
+                and (precision is None or e.spec.precision == precision)]
 
     # -- load --------------------------------------------------------------------------
     async def load(self, spec: ModelSpec, device: str, *, name: str | None = None,
@@ -168,7 +188,7 @@ class ModelCache:
         while True:
             if self._closing:
                 raise ServiceUnavailable("the daemon is shutting down")
-            entry = self.entries.get((spec.name, device))
+            entry = self.entries.get((spec.name, device, spec.engine, spec.precision))
             if entry is None:
                 entry = self._start_load(spec, device, name or spec.name, bool(pin),
                                          self.default_keep_alive if keep_alive == "default"
@@ -202,6 +222,12 @@ class ModelCache:
         try:
             await self._torch_ready()
             check_device_present(entry.device)
+            spec = entry.spec
+            warning = precision.check(spec.family, entry.device, spec.engine, spec.precision,
+                                      native_precisions(entry.device))
+            if warning:
+                entry.warnings.append(warning)
+                log.warning("%s on %s: %s", entry.name, entry.device, warning)
             # One load at a time per device: the room a load needs is decided with every
             # earlier load already measured, and the allocator delta is this load's alone.
             async with lock:
@@ -209,7 +235,7 @@ class ModelCache:
                     self._loader_pool, loaders.estimate_bytes, entry.spec, self.offline)
                 await self._make_room(entry)
                 loaded = await loop.run_in_executor(
-                    self._loader_pool, self._load_blocking, entry.spec, entry.device)
+                    self._loader_pool, self._load_blocking, entry.spec, entry.device, warning)
                 entry.model = loaded.model
                 entry.bytes, entry.device_bytes = loaded.bytes, loaded.device_bytes
                 entry.load_seconds = round(loaded.seconds, 3)
@@ -254,11 +280,15 @@ class ModelCache:
                 await loop.run_in_executor(self._loader_pool, self._reclaimer.free, holder,
                                            entry.device)
 
-    def _load_blocking(self, spec: ModelSpec, device: str) -> _Loaded:
+    def _load_blocking(self, spec: ModelSpec, device: str, warning: str | None) -> _Loaded:
         """Load and measure in a worker thread (cuda synchronisation blocks)."""
+        from modelctl.daemon.loaders import variants
+
         before = self.budgets.allocated(device)
         started = time.perf_counter()
-        model = loaders.load(spec, device, self.offline)
+        model = variants.apply(loaders.load(spec, device, self.offline), spec,
+                               cache_dir=self.cache_dir, threads=self.threads.threads(),
+                               warning=warning)
         seconds = time.perf_counter() - started
         size = model.measure_bytes()
         after = self.budgets.allocated(device)
@@ -274,8 +304,9 @@ class ModelCache:
         # stream) and would only slow each other down if run side by side.
         pool = self._encode_pools.get(device)
         if pool is None:
-            pool = self._encode_pools[device] = ThreadPoolExecutor(
-                1, thread_name_prefix=f"encode-{device}")
+            pool = self._encode_pools[device] = (
+                GovernedExecutor(self.threads, f"encode-{device}") if device == "cpu"
+                else ThreadPoolExecutor(1, thread_name_prefix=f"encode-{device}"))
         return pool
 
     def _staying(self, device: str, but: Entry | None = None) -> _Entries:
@@ -336,12 +367,15 @@ class ModelCache:
 
     # -- eject -------------------------------------------------------------------------
     async def eject(self, spec_name: str, device: str | None, *, force: bool = False,
-                    ) -> _Results:
-        """Eject ``spec_name`` from ``device`` (or from every device); report bytes freed."""
-        targets = self.find(spec_name, device)
+                    engine: str | None = None, precision: str | None = None) -> _Results:
+        """Eject ``spec_name`` from ``device`` (or from every device), every variant unless
+        ``engine``/``precision`` narrow it; report bytes freed."""
+        targets = self.find(spec_name, device, engine=engine, precision=precision)
         results = [r for r in await self._eject_all(targets, force) if r is not None]
         if not results:
             where = f" device `{display_device(device)}`" if device else ""
+            if engine or precision:
+                where += f" variant `{engine or '*'}/{precision or '*'}`"
             raise ModelNotInCache(f"The model_name `{spec_name}`{where} is not cached or found")
         return results
 
@@ -409,7 +443,8 @@ class ModelCache:
         log.info("%s %s from %s: freed %s", reason, entry.name, entry.device,
                  format_bytes(freed_device if freed_device is not None else freed_rss))
         return {"name": entry.name, "canonical_name": entry.spec.name,
-                "device": entry.device, "bytes": entry.bytes,
+                "device": entry.device, "engine": entry.spec.engine,
+                "precision": entry.spec.precision, "bytes": entry.bytes,
                 "device_bytes": entry.device_bytes,
                 "bytes_freed": freed_device if freed_device is not None else freed_rss,
                 "rss_freed": freed_rss, "device_bytes_freed": freed_device,

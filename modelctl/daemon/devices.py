@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from modelctl.daemon.loaders.precision import cpu_flags, cpu_native, cuda_native
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument
 
 _DEVICE_RE = re.compile(r"^\s*(cpu|cuda)(?::(\d{1,3}))?\s*$", re.IGNORECASE)
@@ -163,6 +164,18 @@ def _query(fn: Any) -> Any:
         return None
 
 
+def native_precisions(device: str) -> list[str]:
+    """Precisions ``device`` computes natively (cpu flags; a GPU's compute capability)."""
+    if device == "cpu":
+        return cpu_native(cpu_flags())
+    torch = sys.modules.get("torch")
+    capability = None
+    if torch is not None:
+        capability = _query(lambda: tuple(torch.cuda.get_device_capability(
+            int(device.split(":")[1]))))
+    return cuda_native(capability)
+
+
 def torch_memory(index: int) -> tuple[int | None, int | None]:
     """(allocated, reserved) bytes of this process's torch allocator on ``cuda:index``."""
     torch = sys.modules.get("torch")
@@ -182,6 +195,7 @@ def cpu_report(sampler: CpuSampler) -> dict[str, Any]:
         "memory_used": int(vm.used),
         "memory_available": int(vm.available),
         "process_rss": int(psutil.Process().memory_info().rss),
+        "native_precisions": native_precisions("cpu"),
     }
 
 
@@ -203,5 +217,6 @@ def cuda_reports(nvml: Nvml) -> list[dict[str, Any]]:
             "memory_free": reading.memory_free,
             "utilization_percent": reading.utilization_percent,
             "torch_allocated": allocated, "torch_reserved": reserved,
+            "native_precisions": native_precisions(f"cuda:{index}"),
         })
     return reports

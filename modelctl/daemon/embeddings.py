@@ -51,6 +51,9 @@ class EmbeddingsRequest(BaseModel):
     device: str | None = Field(None, max_length=32)
     normalize: bool | None = Field(None, description="default: what the model was trained "
                                    "for (see README)")
+    precision: str | None = Field(None, max_length=8, description="the variant to use; "
+                                  "default: the one loaded, else the daemon's default")
+    engine: str | None = Field(None, max_length=8)
 
 
 @router.post("/embeddings", summary="Embed texts or images (OpenAI-compatible)")
@@ -120,11 +123,19 @@ async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsReque
     """The ready entry to use: where it is loaded, else load it (registry names only)."""
     device = parse_device(body.device) if body.device else None
     loaded = [e for e in state.loaded_entries(body.model)
-              if (device is None or e.device == device) and e.state != "ejecting"]
+              if (device is None or e.device == device) and e.state != "ejecting"
+              and body.engine in (None, e.spec.engine)
+              and body.precision in (None, e.spec.precision)]
     if loaded:
-        entry = loaded[0]
+        # Several variants loaded and none named: the daemon's default variant if it is
+        # one of them, else the first loaded.
+        default = (state.settings.engine, state.settings.precision)
+        entry = next((e for e in loaded if (e.spec.engine, e.spec.precision) == default),
+                     loaded[0])
         return await state.cache.load(entry.spec, entry.device)
-    spec = spec_for(body.model, None, local_paths=request.scope.get(LISTENER_KEY) == "unix")
+    spec = state.variant(spec_for(body.model, None,
+                                  local_paths=request.scope.get(LISTENER_KEY) == "unix"),
+                         body.engine, body.precision)
     if device is None:
         await state.torch_ready()
         device = state.default_device()

@@ -112,23 +112,31 @@ class _CacheCollector(Collector):
     def collect(self) -> Iterable[Any]:
         loaded = GaugeMetricFamily("modelctl_models_loaded", "Models in the cache, by state",
                                    labels=["device", "state"])
+        # Two variants of one model are two entries: engine and precision tell them apart.
+        variant = ["model", "device", "engine", "precision"]
         size = GaugeMetricFamily("modelctl_model_bytes",
                                  "Measured bytes of each model (parameters and buffers)",
-                                 labels=["model", "device"])
+                                 labels=variant)
         device_size = GaugeMetricFamily("modelctl_model_device_bytes",
-                                        "Allocator bytes of each cuda model",
-                                        labels=["model", "device"])
+                                        "Allocator bytes of each cuda model", labels=variant)
+        accuracy = GaugeMetricFamily("modelctl_model_min_cosine",
+                                     "Worst cosine to fp32 on the probe set, per variant",
+                                     labels=variant)
         budget = GaugeMetricFamily("modelctl_budget_bytes", "Memory budget per device",
                                    labels=["device"])
         counts: dict[tuple[str, str], int] = {}
         for entry in self._entries():
             counts[(entry.device, entry.state)] = counts.get((entry.device, entry.state), 0) + 1
+            labels = [entry.name, entry.device, entry.spec.engine, entry.spec.precision]
             if entry.bytes is not None:
-                size.add_metric([entry.name, entry.device], entry.bytes)
+                size.add_metric(labels, entry.bytes)
             if entry.device_bytes is not None:
-                device_size.add_metric([entry.name, entry.device], entry.device_bytes)
+                device_size.add_metric(labels, entry.device_bytes)
+            measured = getattr(entry.model, "accuracy", None)
+            if measured:
+                accuracy.add_metric(labels, measured["min_cosine"])
         for (device, state), n in counts.items():
             loaded.add_metric([device, state], n)
         for device, value in self._budgets().items():
             budget.add_metric([device], value)
-        return [loaded, size, device_size, budget]
+        return [loaded, size, device_size, accuracy, budget]

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelctl.daemon.app import LISTENER_KEY, json_bytes
 from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
 from modelctl.daemon.loaders import offline_available, spec_for
+from modelctl.daemon.loaders import precision as precision_module
 from modelctl.daemon.loaders.registry import REGISTRY, list_registry
 from modelctl.daemon.metrics import CONTENT_TYPE
-from modelctl.daemon.state import DaemonState
+from modelctl.daemon.state import DaemonState, marqo_precision
 from modelctl.errors import InvalidArgument, ModelNotInCache
 from modelctl.units import parse_keep_alive
 
@@ -50,6 +51,9 @@ class LoadRequest(BaseModel):
     keep_alive: float | str | None = Field(None, description="seconds, or 30s/10m/1h; "
                                            "-1 never")
     properties: dict[str, Any] | None = Field(None, description="Marqo's modelProperties")
+    precision: str | None = Field(None, max_length=8, description="fp32 (default), fp16 "
+                                  "(cuda), bf16, int8 (engine onnx)")
+    engine: str | None = Field(None, max_length=8, description="torch (default) or onnx")
 
 
 class UpdateRequest(BaseModel):
@@ -87,7 +91,8 @@ async def list_models(request: Request) -> Response:
 @router.post("/models", summary="Load a model (waits for the load; single-flight)")
 async def load_model(request: Request, body: LoadRequest) -> Response:
     state = _state(request)
-    spec = spec_for(body.name, body.properties, local_paths=_via_socket(request))
+    spec = state.variant(spec_for(body.name, body.properties, local_paths=_via_socket(request)),
+                         body.engine, body.precision or marqo_precision(body.properties))
     if body.device:
         device = parse_device(body.device)
     else:
@@ -119,15 +124,21 @@ async def update_model(request: Request, body: UpdateRequest) -> Response:
 @router.delete("/models", summary="Eject a model (or all) and report bytes freed")
 async def eject_model(request: Request, name: str | None = Query(None, max_length=512),
                       device: str | None = Query(None, max_length=32),
-                      all: bool = Query(False), force: bool = Query(False)) -> Response:
+                      all: bool = Query(False), force: bool = Query(False),
+                      precision: str | None = Query(None, max_length=8),
+                      engine: str | None = Query(None, max_length=8)) -> Response:
+    """Every variant of ``name`` unless ``precision``/``engine`` narrow it."""
     state = _state(request)
     canonical_device = parse_device(device) if device else None
+    if precision is not None or engine is not None:
+        precision_module.choose(engine, precision, "torch", "fp32")  # validates both
     if all:
         ejected = await state.cache.eject_all(canonical_device, force=force)
     elif not name:
         raise InvalidArgument("name is required (or all=true)")
     else:
-        ejected = await state.cache.eject(state.spec_name(name), canonical_device, force=force)
+        ejected = await state.cache.eject(state.spec_name(name), canonical_device, force=force,
+                                          engine=engine, precision=precision)
     return json_bytes({"ejected": ejected,
                        "bytes_freed": sum(e["bytes_freed"] or 0 for e in ejected)})
 
@@ -151,7 +162,8 @@ async def devices(request: Request) -> Response:
     for entry in state.cache.list():
         held[entry.device] = held.get(entry.device, 0) + entry.held_bytes
     cpu = cpu_report(state.cpu)
-    cpu.update(budget=state.budgets.budget("cpu"), models_bytes=held.get("cpu", 0))
+    cpu.update(budget=state.budgets.budget("cpu"), models_bytes=held.get("cpu", 0),
+               threads=state.cache.threads.threads(), threads_pinned=state.settings.threads)
     await state.torch_ready()
     cuda = await asyncio.to_thread(cuda_reports, state.nvml)
     for report in cuda:

@@ -13,17 +13,19 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from modelctl import __version__
-from modelctl.config import PreloadItem, Settings
+from modelctl.config import PreloadItem, Settings, set_compute_environment
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.cache import Entry, ModelCache
 from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
-from modelctl.daemon.loaders import spec_for
+from modelctl.daemon.loaders import ModelSpec, precision, spec_for
 from modelctl.daemon.loaders.registry import lookup
 from modelctl.daemon.metrics import Metrics
+from modelctl.daemon.threads import ThreadGovernor
 from modelctl.errors import ApiError
 
 log = logging.getLogger("modelctl.daemon")
@@ -34,6 +36,7 @@ _NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/g
 
 
 def _import_torch() -> None:
+    set_compute_environment()  # OpenMP reads it once, when torch loads it
     # Loader libraries too: the first load should not pay for them.
     import open_clip  # noqa: F401
     import sentence_transformers  # noqa: F401
@@ -52,7 +55,8 @@ class DaemonState:
         self.budgets = Budgets(settings.max_cpu_memory, settings.max_cuda_memory, self.nvml)
         self.cache = ModelCache(self.budgets, self.metrics, offline=settings.offline,
                                 default_keep_alive=settings.keep_alive,
-                                torch_ready=self.torch_ready)
+                                torch_ready=self.torch_ready, cache_dir=settings.cache_dir,
+                                threads=ThreadGovernor(settings.threads))
         self._torch: asyncio.Future[None] | None = None
         self.metrics.watch(self.cache.list, self.known_budgets)  # calls known_budgets now
         self.preload_status: list[dict[str, Any]] = []
@@ -123,6 +127,13 @@ class DaemonState:
                 continue
         return out
 
+    def variant(self, spec: ModelSpec, engine: str | None = None,
+                precision_: str | None = None) -> ModelSpec:
+        """``spec`` as the variant asked for; what is not given, the daemon's default."""
+        engine, chosen = precision.choose(engine, precision_, self.settings.engine,
+                                          self.settings.precision)
+        return replace(spec, engine=engine, precision=chosen)
+
     def spec_name(self, name: str) -> str:
         """The cache key name for what a client calls ``name`` (loaded name or alias)."""
         for entry in self.cache.list():
@@ -159,7 +170,8 @@ class DaemonState:
     async def _preload_one(self, item: PreloadItem, status: dict[str, Any]) -> None:
         """Load one preload item; a failure is logged and kept in ``status``, never fatal."""
         try:
-            spec = spec_for(item.name, item.properties, local_paths=True)
+            spec = self.variant(spec_for(item.name, item.properties, local_paths=True),
+                                precision_=marqo_precision(item.properties))
             device = parse_device(item.device) if item.device else self._device_before_torch()
             if device is None:
                 await self.torch_ready()
@@ -177,3 +189,9 @@ class DaemonState:
     async def close(self) -> None:
         self.cpu.stop()
         await self.cache.close()
+
+
+def marqo_precision(properties: dict[str, Any] | None) -> str | None:
+    """Marqo's ``precision`` in modelProperties (``fp16``/``fp32``), if given."""
+    value = (properties or {}).get("precision")
+    return value if isinstance(value, str) else None

@@ -34,6 +34,9 @@ class ModelSpec:
     approx_bytes: int | None = None
     aliases: tuple[str, ...] = ()
     custom: bool = False
+    # The variant: how the weights run. The cache keys entries by it (loaders/variants.py).
+    precision: str = "fp32"
+    engine: str = "torch"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
