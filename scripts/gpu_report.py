@@ -186,6 +186,29 @@ def section_throughput(d: Daemon, device: str, seconds: float) -> None:
     d.client.eject(all=True)
 
 
+def section_fp16(d: Daemon, device: str, clip_props: dict[str, Any], image: Path) -> None:
+    """Marqo's fp16 names on cuda: sentence-transformers and open_clip in half precision."""
+    c = d.client
+    print(f"\n== fp16 on {device}")
+    texts = ["a red square", "the weather is nice today"]
+    fp32 = c.load_model(MINILM, device)
+    reference = c.embed(MINILM, texts, device=device, precision="fp32")
+    half = c.load_model(MINILM, device, precision="fp16")
+    vectors = c.embed(MINILM, texts, device=device, precision="fp16")
+    worst = min(cosine(a, b) for a, b in zip(vectors, reference, strict=True))
+    print(f"  MiniLM fp32 {fp32['bytes']} bytes, fp16 {half['bytes']} bytes; accuracy on "
+          f"load {half['accuracy']}; worst cosine to fp32 {worst:.5f}")
+    check(half["bytes"] < 0.6 * fp32["bytes"], "MiniLM fp16 holds about half fp32's bytes")
+    check(worst >= 0.999, "MiniLM fp16 vectors within cosine 0.999 of fp32")
+    clip = c.load_model("gpu-half-clip", device, properties=clip_props, precision="fp16")
+    rows = c.embed("gpu-half-clip", [texts[0], image_data_uri(image)], device=device)
+    print(f"  open_clip fp16: accuracy on load {clip['accuracy']}")
+    check([len(r) for r in rows] == [clip["dimensions"]] * 2
+          and clip["accuracy"]["min_cosine"] >= 0.99,
+          "open_clip fp16 embeds text and images, within cosine 0.99 of fp32")
+    c.eject(all=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -207,6 +230,8 @@ def main() -> int:
         health = d.client.health()
         print(f"modelctl {health['version']} daemon pid {health['pid']} on {device}")
         section_load_eject(d, device, clip_props, image)
+        if device != "cpu":
+            section_fp16(d, device, clip_props, image)
         if not args.skip_throughput:
             section_throughput(d, device, args.seconds)
     section_budget(device, big_props)

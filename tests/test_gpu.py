@@ -8,6 +8,8 @@ here is about 380 MB, so two copies fit and a third evicts one.
 
 from __future__ import annotations
 
+import base64
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.errors import CacheManagementError
-from tests.support import MINILM, Daemon, make_tiny_clip, wide_clip_config
+from tests.support import MINILM, Daemon, cosine, make_tiny_clip, png_bytes, wide_clip_config
 
 pytestmark = pytest.mark.gpu
 
@@ -104,3 +106,24 @@ def test_budget_eviction_on_cuda(d: Daemon, wide_clip: dict[str, Any]) -> None:
         c.load_model("gpu-a", "cuda", properties=wide_clip)
     assert "gpu-b" in info.value.message and "pinned" in info.value.message
     assert sorted(m["name"] for m in c.list_models()) == ["gpu-b", "gpu-c"]
+
+
+def test_fp16_on_cuda_for_sbert_and_open_clip(d: Daemon, wide_clip: dict[str, Any]) -> None:
+    """Marqo's ``fp16/*``: half the device memory, vectors within 0.999 of fp32."""
+    texts = ["a photo of a red square", "the weather is nice today"]
+    fp32 = d.client.load_model(MINILM, "cuda")
+    reference = d.client.embed(MINILM, texts, device="cuda", precision="fp32")
+    half = d.client.load_model(MINILM, "cuda", precision="fp16")
+    assert (half["engine"], half["precision"]) == ("torch", "fp16")
+    assert half["bytes"] < 0.6 * fp32["bytes"]
+    assert half["accuracy"]["min_cosine"] >= 0.999
+    vectors = d.client.embed(MINILM, texts, device="cuda", precision="fp16")
+    assert min(cosine(a, b) for a, b in zip(vectors, reference, strict=True)) >= 0.999
+    d.client.eject(MINILM)
+    clip = d.client.load_model("gpu-half-clip", "cuda", properties=wide_clip,
+                               precision="fp16")
+    assert clip["precision"] == "fp16" and clip["accuracy"]["min_cosine"] >= 0.99
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    rows = d.client.embed("gpu-half-clip", [texts[0], image], device="cuda")
+    assert [len(r) for r in rows] == [clip["dimensions"]] * 2
+    assert all(math.isfinite(x) for r in rows for x in r)

@@ -33,7 +33,8 @@ Candidate = tuple[str, str]
 # What each option value or argument completes with, by (command, long flag or metavar):
 # "loaded" the loaded models' names, "loaded_devices" the devices the NAME on the line is
 # loaded on, "models" loaded + registry names and aliases, "devices" this machine's
-# devices, "choices" the argument's choices, "files"/"dirs" paths (the shell's own
+# devices, "choices" the argument's choices, "precisions"/"engines" a variant's fields,
+# "files"/"dirs" paths (the shell's own
 # completion: the scripts read file_options()), "" free text (nothing to offer).
 # A test checks that every option value and argument of the app is listed here.
 SOURCES: dict[tuple[str, str], str] = {
@@ -45,6 +46,10 @@ SOURCES: dict[tuple[str, str], str] = {
     ("load", "--device"): "devices",
     ("load", "--keep-alive"): "",
     ("load", "--properties"): "",
+    ("load", "--precision"): "precisions",
+    ("load", "--engine"): "engines",
+    ("eject", "--precision"): "precisions",
+    ("eject", "--engine"): "engines",
     ("eject", "NAME"): "loaded",
     ("eject", "--device"): "loaded_devices",
     ("pin", "NAME"): "loaded",
@@ -68,6 +73,9 @@ for _command in ("serve", "daemon start"):
     for _flag in ("--http", "--host", "--api-key", "--max-cpu-memory", "--max-cuda-memory",
                   "--keep-alive"):
         SOURCES[(_command, _flag)] = ""
+    SOURCES[(_command, "--threads")] = ""
+    SOURCES[(_command, "--precision")] = "precisions"
+    SOURCES[(_command, "--engine")] = "engines"
 
 _ENDS_LINE = ("-h", "--help", "--version")
 
@@ -202,6 +210,10 @@ def _values(pos: _Position, key: str, incomplete: str,
         choices: list[str] = next(
             (a[2] for a in TREE[pos.path]["arguments"] if a[0] == key), [])
         found = [(str(c), "") for c in choices]
+    elif kind in ("precisions", "engines"):
+        from modelctl.config import ENGINES, PRECISIONS
+
+        found = [(c, "") for c in (PRECISIONS if kind == "precisions" else ENGINES)]
     else:
         from modelctl.cli import completers
         from modelctl.cli.state import build_settings

@@ -109,9 +109,22 @@ def transformer_slot(root: Any) -> tuple[Any, str, torch.nn.Module]:
 
 def install(loaded: Any, precision: str, cache_dir: Path, threads: int) -> Graph:
     """Swap ``loaded``'s transformer for its ONNX graph (exported or reused)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise InvalidArgument("engine onnx needs ONNX Runtime, which is not installed: "
+                              "pip install 'modelctl[onnx]'") from exc
     owner, attr, module = transformer_slot(loaded)
-    graph = cached_graph(module, precision, cache_dir)
-    setattr(owner, attr, OnnxTransformer(graph.path, module.config, threads))
+    try:
+        graph = cached_graph(module, precision, cache_dir)
+        session = OnnxTransformer(graph.path, module.config, threads)
+    except (RuntimeError, ValueError, OSError) as exc:
+        # Export of an architecture the exporter cannot trace, a full disk, a graph
+        # ONNX Runtime rejects: this model has no onnx variant here.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidArgument(f"engine onnx cannot run this model: {first}") from exc
+    setattr(owner, attr, session)
     return graph
 
 

@@ -1,0 +1,91 @@
+"""Which variants each device runs (pure rules), their settings, and the thread choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelctl.config import Settings, set_compute_environment
+from modelctl.daemon.loaders.precision import check, choose, cpu_flags, cpu_native, cuda_native
+from modelctl.daemon.threads import ThreadGovernor
+from modelctl.errors import HardwareCompatibilityError, InvalidArgument
+
+AVX2 = frozenset({"avx", "avx2", "fma"})
+SAPPHIRE = AVX2 | {"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
+
+
+def test_native_precisions_follow_cpu_flags_and_gpu_capability(tmp_path: Path) -> None:
+    assert cpu_native(AVX2) == ["fp32", "int8"]
+    assert cpu_native(SAPPHIRE) == ["fp32", "bf16", "int8"]
+    assert cpu_native(frozenset()) == ["fp32"]
+    assert cuda_native((7, 5)) == ["fp32", "fp16"]
+    assert cuda_native((9, 0)) == ["fp32", "fp16", "bf16"]
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_variant_rules_refuse_or_warn() -> None:
+    native = cpu_native(AVX2)
+    assert check("sbert", "cpu", "torch", "fp32", native) is None
+    assert "emulated" in (check("sbert", "cpu", "torch", "bf16", native) or "")
+    assert check("sbert", "cpu", "torch", "bf16", cpu_native(SAPPHIRE)) is None
+    assert check("hf", "cpu", "onnx", "int8", native) is None
+    assert check("clip", "cuda:0", "torch", "fp16", cuda_native((8, 0))) is None
+    with pytest.raises(HardwareCompatibilityError, match="cuda only"):
+        check("sbert", "cpu", "torch", "fp16", native)
+    with pytest.raises(HardwareCompatibilityError, match="compute capability"):
+        check("sbert", "cuda:0", "torch", "bf16", cuda_native((7, 0)))
+    with pytest.raises(HardwareCompatibilityError, match="cpu only"):
+        check("sbert", "cuda:0", "onnx", "fp32", cuda_native((8, 0)))
+    with pytest.raises(InvalidArgument, match="engine onnx"):
+        check("sbert", "cpu", "torch", "int8", native)
+    with pytest.raises(InvalidArgument, match="text models"):
+        check("open_clip", "cpu", "onnx", "fp32", native)
+    with pytest.raises(InvalidArgument, match="fp32 or int8"):
+        check("sbert", "cpu", "onnx", "bf16", native)
+
+
+def test_choose_fills_in_daemon_defaults() -> None:
+    assert choose(None, None, "torch", "fp32") == ("torch", "fp32")
+    assert choose(None, "bf16", "torch", "fp32") == ("torch", "bf16")
+    assert choose(None, "int8", "torch", "fp32") == ("onnx", "int8")  # int8 is ONNX's
+    assert choose("onnx", None, "torch", "fp32") == ("onnx", "fp32")
+    assert choose(None, None, "onnx", "int8") == ("onnx", "int8")
+    with pytest.raises(InvalidArgument, match="precision"):
+        choose(None, "fp64", "torch", "fp32")
+    with pytest.raises(InvalidArgument, match="engine"):
+        choose("tensorrt", None, "torch", "fp32")
+
+
+def test_variant_and_thread_settings_from_env(tmp_path: Path) -> None:
+    base = {"MODELCTL_RUNTIME_DIR": str(tmp_path)}
+    plain = Settings.from_env(base)
+    assert (plain.precision, plain.engine, plain.threads) == ("fp32", "torch", None)
+    assert plain.cache_dir.name == "modelctl"
+    s = Settings.from_env({**base, "MODELCTL_PRECISION": "INT8", "MODELCTL_ENGINE": "onnx",
+                           "MODELCTL_THREADS": "1", "MODELCTL_CACHE_DIR": str(tmp_path)})
+    assert (s.precision, s.engine, s.threads, s.cache_dir) == ("int8", "onnx", 1, tmp_path)
+    assert Settings.from_env({**base, "MODELCTL_THREADS": "0"}).threads is None  # adapt
+    assert Settings.from_env({**base, "XDG_CACHE_HOME": "/c"}).cache_dir == Path("/c/modelctl")
+    for var, value in (("MODELCTL_PRECISION", "fp8"), ("MODELCTL_ENGINE", "trt"),
+                       ("MODELCTL_THREADS", "two"), ("MODELCTL_THREADS", "-1")):
+        with pytest.raises(InvalidArgument, match=var):
+            Settings.from_env({**base, var: value})
+    env: dict[str, str] = {}
+    set_compute_environment(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    set_compute_environment(env)  # a user's own choice is kept
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_thread_governor_pins_or_stays_within_the_cores() -> None:
+    assert ThreadGovernor(pinned=3, cores=2).threads() == 3
+    governor = ThreadGovernor(cores=2)
+    assert governor.threads() == 2  # before any sample: every core
+    governor._sampled_at = 0.0
+    chosen = governor.threads()
+    assert 1 <= chosen <= 2
