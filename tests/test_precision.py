@@ -82,10 +82,17 @@ def test_variant_and_thread_settings_from_env(tmp_path: Path) -> None:
     assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
-def test_thread_governor_pins_or_stays_within_the_cores() -> None:
+def test_thread_governor_follows_the_cores_others_leave_free() -> None:
     assert ThreadGovernor(pinned=3, cores=2).threads() == 3
-    governor = ThreadGovernor(cores=2)
-    assert governor.threads() == 2  # before any sample: every core
-    governor._sampled_at = 0.0
-    chosen = governor.threads()
-    assert 1 <= chosen <= 2
+    # (machine busy seconds, ours), cumulative; one sample every second of the clock.
+    readings = iter([(0.0, 0.0), (0.0, 0.0), (2.0, 1.0), (2.2, 1.2), (4.2, 3.2), (5.1, 3.2),
+                     (5.3, 3.2)])
+    now = iter(range(1, 100))
+    governor = ThreadGovernor(cores=2, busy_seconds=lambda: next(readings),
+                              clock=lambda: float(next(now)))
+    assert governor.threads() == 2  # the first sample: no interval yet, every core
+    assert governor.threads() == 1  # others used one core's worth while we used one
+    assert governor.threads() == 2  # quiet again: both cores
+    assert governor.threads() == 2  # all of the busy time was ours
+    assert governor.threads() == 1  # 0.9 of a core elsewhere, none of ours
+    assert governor.threads() == 2  # a flicker of 0.2: not worth giving a core up

@@ -43,26 +43,25 @@ def usable_cores() -> int:
 class ThreadGovernor:
     """Chooses intra-op threads from the cores free of other processes' load."""
 
-    def __init__(self, pinned: int | None = None, cores: int | None = None) -> None:
+    def __init__(self, pinned: int | None = None, cores: int | None = None, *,
+                 busy_seconds: Callable[[], tuple[float, float]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``busy_seconds``: (the machine's busy cpu seconds, this process's), cumulative."""
         self.pinned = pinned
         self.cores = cores or usable_cores()
-        self._process = psutil.Process()
+        self._busy_seconds = busy_seconds or _busy_seconds(psutil.Process())
+        self._clock = clock
         self._lock = threading.Lock()
         self._sampled_at = 0.0
-        self._system_busy = psutil.cpu_times()
-        self._own_busy = self._own_seconds()
+        self._system_busy, self._own_busy = self._busy_seconds()
         self._choice = pinned or self.cores
         self.applied: int | None = None
-
-    def _own_seconds(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system)
 
     def threads(self) -> int:
         """Threads for the next pass (pinned, or sampled at most every half second)."""
         if self.pinned:
             return self.pinned
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if now - self._sampled_at >= SAMPLE_EVERY_S:
                 self._choice = self._sample(now)
@@ -70,8 +69,8 @@ class ThreadGovernor:
 
     def _sample(self, now: float) -> int:
         elapsed = now - self._sampled_at if self._sampled_at else 0.0
-        system, own = psutil.cpu_times(), self._own_seconds()
-        busy = (_busy(system) - _busy(self._system_busy))
+        system, own = self._busy_seconds()
+        busy = system - self._system_busy
         own_delta = own - self._own_busy
         self._sampled_at, self._system_busy, self._own_busy = now, system, own
         if elapsed <= 0:
@@ -94,8 +93,13 @@ class ThreadGovernor:
             self.applied = chosen
 
 
-def _busy(times: Any) -> float:
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+def _busy_seconds(process: psutil.Process) -> Callable[[], tuple[float, float]]:
+    def read() -> tuple[float, float]:
+        machine, own = psutil.cpu_times(), process.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return float(busy), float(own.user + own.system)
+
+    return read
 
 
 class GovernedExecutor(ThreadPoolExecutor):
