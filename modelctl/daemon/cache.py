@@ -93,10 +93,6 @@ class Entry:
         return (self.spec.name, self.device, self.spec.engine, self.spec.precision)
 
     @property
-    def variant(self) -> str:
-        return f"{self.spec.engine}/{self.spec.precision}"
-
-    @property
     def held_bytes(self) -> int:
         """What this entry counts against its device's budget: measured once loaded
         (the allocator's delta on cuda), estimated before."""
