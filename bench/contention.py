@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sentences", type=int, default=256)
     args = parser.parse_args()
+    # A bench stopped by timeout(1) still stops the daemons it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from sentence_transformers import SentenceTransformer
 

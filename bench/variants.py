@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import time
@@ -81,6 +82,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sentences", type=int, default=256)
     args = parser.parse_args()
+    # A bench stopped by timeout(1) still stops the daemons it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import torch
     from sentence_transformers import SentenceTransformer
