@@ -13,6 +13,11 @@ Targets: contended daemon >= 0.9x the best contended in-process figure; quiet ad
 daemon >= 0.95x the quiet pinned one. Every round prints the machine's load.
 
     python bench/contention.py [--rounds 2] [--sentences 256]
+
+Measured on a 2-core machine already at load average 12 to 18 from other work, so
+"quiet" was not quiet, 128 sentences, one round: with the spinner, in-process 3/s with
+1 or 2 threads, the daemon 19/s (32x1) and 21/s (2x64) on 1 adaptive thread; "quiet",
+adaptive 10/s and 16/s against pinned 18/s and 10/s (noise of that size decides it).
 """
 
 from __future__ import annotations
