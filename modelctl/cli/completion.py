@@ -143,9 +143,6 @@ complete --command modelctl --no-files --arguments '(__modelctl_complete)'
 
 SCRIPTS = {Shell.bash: BASH, Shell.zsh: ZSH, Shell.fish: FISH}
 
-# Where `completion install` puts each script, and the file name the repository uses.
-FILE_NAMES = {Shell.bash: "modelctl.bash", Shell.zsh: "_modelctl", Shell.fish: "modelctl.fish"}
-
 
 def script(shell: Shell | str) -> str:
     """The completion script for ``shell``, with the app's path-valued flags filled in."""

@@ -158,11 +158,6 @@ def start(
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
                                keep_alive=keep_alive)
-    if keep_alive is not None:
-        # runtime.spawn_daemon passes the child only some settings; keep-alive rides in
-        # the environment it copies (this process exits right after).
-        os.environ["MODELCTL_KEEP_ALIVE"] = (
-            "never" if settings.keep_alive is None else repr(settings.keep_alive))
     health, started = state.ensure_daemon(settings)
     if started and health.get("http"):
         output.hint(f"HTTP API on {health['http']}")
