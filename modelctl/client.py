@@ -161,7 +161,7 @@ class Client:
             raise error_from_body(status, decoded)
         return decoded
 
-    # -- Marqo's documented calls (shared/CONTRACT.md) -----------------------------
+    # -- Marqo's documented calls (docs/MARQO.md) ----------------------------------
     def get_marqo(self) -> dict[str, Any]:
         """``GET /``: ``{"message": ..., "version": ...}``."""
         return self.request("GET", "/")
@@ -189,7 +189,7 @@ class Client:
         return self.request("GET", "/v1/health")
 
     def list_models(self) -> list[dict[str, Any]]:
-        """Every cache entry with full detail (DESIGN.md's entry fields)."""
+        """Every cache entry with full detail (docs/API.md's entry fields)."""
         return self.request("GET", "/v1/models")["models"]
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,

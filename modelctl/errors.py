@@ -1,7 +1,7 @@
 """One exception tree for the daemon, the client and the CLI.
 
 Every error that can cross the wire carries the HTTP ``status`` it is sent with and
-the ``code`` and ``type`` of the Marqo error body (shared/CONTRACT.md), so the same
+the ``code`` and ``type`` of the Marqo error body (docs/MARQO.md), so the same
 object becomes an HTTP body in the daemon, is rebuilt from that body by the client,
 and is printed as one line by the CLI::
 

@@ -1,4 +1,4 @@
-"""Marqo's model-cache and device routes, exactly as shared/CONTRACT.md describes them."""
+"""Marqo's model-cache and device routes, exactly as docs/MARQO.md describes them."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def _eject_everywhere(state: DaemonState, model_name: str) -> Response:
 
 
 def eject_message(model_name: str, devices: list[str]) -> str:
-    """Marqo's success message; for several devices, modelctl's plural form (CONTRACT.md)."""
+    """Marqo's success message; for several devices, modelctl's plural form (docs/MARQO.md)."""
     where = (f"device `{devices[0]}`" if len(devices) == 1
              else "devices " + ", ".join(f"`{d}`" for d in devices))
     return f"successfully eject model_name `{model_name}` from {where}"
