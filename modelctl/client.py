@@ -14,12 +14,14 @@ Marqo's documented calls return the contract's dicts unchanged::
 
 Every error the daemon answers is raised as a ``modelctl.errors.ApiError`` subclass
 carrying ``status``, ``code`` and ``message``; a daemon that cannot be reached raises
-``DaemonNotRunning``.
+``DaemonNotRunning``, and an exchange that fails midway ``DaemonUnreachable``
+(``TRANSPORT_ERRORS`` is the one table of what each transport failure means).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -27,8 +29,49 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from modelctl.errors import DaemonNotRunning, error_from_body
-from modelctl.unix_http import ServerClosed, UnixConnection
+from modelctl.errors import (
+    DaemonError,
+    DaemonNotRunning,
+    DaemonUnreachable,
+    ServerClosed,
+    error_from_body,
+)
+from modelctl.unix_http import UnixConnection
+
+# What each transport failure means to a caller: the class to raise and its message
+# ({where}: the daemon's address; {exc}: the failure's own words). The most derived
+# class that matches wins, as in httpx's map_httpcore_exceptions, so order is free.
+# Failures not listed (EACCES on the socket, say) are the machine's and pass as they are.
+_NO_DAEMON = "no modelctl daemon is running at {where}"
+_CLOSED = "the daemon at {where} closed the connection: {exc}"
+_UNREACHABLE = "cannot talk to the modelctl daemon: {exc}"
+TRANSPORT_ERRORS: dict[type[Exception], tuple[type[DaemonError], str]] = {
+    FileNotFoundError: (DaemonNotRunning, _NO_DAEMON),
+    ConnectionRefusedError: (DaemonNotRunning, _NO_DAEMON),
+    ConnectionResetError: (DaemonNotRunning, _CLOSED),
+    BrokenPipeError: (DaemonNotRunning, _CLOSED),
+    ServerClosed: (DaemonNotRunning, _CLOSED),
+    ConnectionError: (DaemonUnreachable, _UNREACHABLE),
+    TimeoutError: (DaemonUnreachable, _UNREACHABLE),
+    socket.gaierror: (DaemonUnreachable, _UNREACHABLE),
+    DaemonUnreachable: (DaemonUnreachable, _UNREACHABLE),
+}
+# A kept-alive connection the server has since closed fails on first use like this; one
+# retry on a fresh connection is safe because the request never reached the server.
+_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ServerClosed)
+
+
+def transport_error(exc: Exception, where: str) -> DaemonError | None:
+    """The error to raise for transport failure ``exc``, or ``None`` to let it pass."""
+    found: tuple[type[DaemonError], str] | None = None
+    found_key: type[Exception] | None = None
+    for key, mapped in TRANSPORT_ERRORS.items():
+        if isinstance(exc, key) and (found_key is None or issubclass(key, found_key)):
+            found, found_key = mapped, key
+    if found is None:
+        return None
+    cls, template = found
+    return cls(template.format(where=where, exc=str(exc) or type(exc).__name__))
 
 
 class _TcpConnection:
@@ -51,6 +94,8 @@ class _TcpConnection:
             data = resp.read()
         except http.client.RemoteDisconnected as exc:
             raise ServerClosed(str(exc)) from exc
+        except http.client.HTTPException as exc:  # an answer that is not HTTP
+            raise DaemonUnreachable(str(exc) or type(exc).__name__) from exc
         self.reused = True
         answer_headers = {k.lower(): v for k, v in resp.getheaders()}
         if answer_headers.get("connection", "").lower() == "close":
@@ -129,24 +174,19 @@ class Client:
         if self.api_key:
             hdrs["x-api-key"] = self.api_key
         hdrs.update(headers or {})
-        # A kept-alive connection the server has since closed fails on first use; one
-        # retry on a fresh connection is safe because the request never reached it.
         for attempt in (0, 1):
             conn = self._connection()
             try:
                 return conn.exchange(method, path, payload, hdrs)
-            except (BrokenPipeError, ConnectionResetError) as exc:
+            except Exception as exc:
+                reused = conn.reused  # read before close(), which forgets it
                 self.close()
-                if attempt == 0 and conn.reused:
+                if attempt == 0 and reused and isinstance(exc, _CLOSED_WHILE_IDLE):
                     continue
-                raise DaemonNotRunning(f"the daemon at {self.where} closed the connection: "
-                                       f"{exc}") from exc
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                self.close()
-                raise DaemonNotRunning(f"no modelctl daemon is running at {self.where}") from exc
-            except OSError:
-                self.close()
-                raise
+                mapped = transport_error(exc, self.where)
+                if mapped is None:
+                    raise
+                raise mapped from exc
         raise AssertionError("unreachable")
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,

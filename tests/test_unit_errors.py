@@ -17,10 +17,12 @@ from modelctl import errors
 from modelctl.errors import (
     ApiError,
     DaemonError,
+    GlobalOptionError,
     InternalError,
     InvalidArgument,
     ModelctlError,
     Unprocessable,
+    UsageError,
     WeightsNotFound,
     error_from_body,
 )
@@ -53,7 +55,7 @@ def test_every_class_of_the_module_is_covered() -> None:
                  and obj.__module__ == errors.__name__}
     wire_bases = {ApiError, Unprocessable, errors._InvalidRequest}
     assert in_module == set(WIRE) | wire_bases | set(subclasses(DaemonError)) | {
-        ModelctlError, DaemonError}
+        ModelctlError, DaemonError, UsageError, GlobalOptionError}
     assert len(WIRE) >= 13
 
 
@@ -111,8 +113,8 @@ def test_answers_from_something_else_keep_the_status_seen(status: int, body: Any
     assert type(got) is cls and got.status == status and got.message
 
 
-def test_daemon_errors_never_cross_the_wire() -> None:
-    for cls in [DaemonError, *subclasses(DaemonError)]:
+def test_daemon_and_usage_errors_never_cross_the_wire() -> None:
+    for cls in [DaemonError, *subclasses(DaemonError), UsageError, *subclasses(UsageError)]:
         err = cls("no daemon here")
         assert isinstance(err, ModelctlError) and not isinstance(err, ApiError)
         assert err.message == "no daemon here" and not hasattr(err, "body")
