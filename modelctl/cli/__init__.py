@@ -1,10 +1,10 @@
 """The ``modelctl`` command line: ``main()``, its one error boundary; the app is in application.py.
 
 Importing this package must stay cheap. A shell's completion request (``_MODELCTL_COMPLETE``
-set) is answered by complete.py without importing typer at all; a command imports the app
-(typer and small stdlib-only modules); the HTTP client is imported when a command talks to
-a daemon, rich where something is drawn, numpy where a ``.npy`` is written, and the
-daemon's stack only by ``serve``.
+set) is answered by completion/responder.py without importing typer at all; a command
+imports the app (typer and small stdlib-only modules); the HTTP client is imported when
+a command talks to a daemon, rich where something is drawn, numpy where a ``.npy`` is
+written, and the daemon's stack only by ``serve``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     always exits 0.
     """
     if os.environ.get(COMPLETE_VAR):
-        from modelctl.cli.complete import respond
+        from modelctl.cli.completion.responder import respond
 
         respond()
         sys.exit(0)

@@ -3,7 +3,7 @@
 ``client()`` never starts anything; ``started_client()`` starts a daemon when none runs
 (only ``load`` and ``embed`` use it). With ``--url`` every call goes over HTTP to that
 server, and nothing is ever started. No typer at run time: shell completion
-(complete.py) builds its settings here too.
+(completion/responder.py) builds its settings here too.
 """
 
 from __future__ import annotations

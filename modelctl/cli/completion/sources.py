@@ -1,6 +1,6 @@
 """Where completion candidates come from: the running daemon, else what this machine shows.
 
-complete.py calls these on every <TAB>, so they are fast and silent (any failure means
+responder.py calls these on every <TAB>, so they are fast and silent (any failure means
 "no candidates") and never start a daemon: with no socket file there is nothing to ask,
 and the HTTP client is not even imported. Each candidate is ``(value, description)``.
 """
