@@ -26,7 +26,7 @@ import struct
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from modelctl.errors import (
@@ -37,6 +37,9 @@ from modelctl.errors import (
     error_from_body,
 )
 from modelctl.unix_http import UnixConnection
+
+if TYPE_CHECKING:
+    from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
 
 # What each transport failure means to a caller: the class to raise and its message
 # ({where}: the daemon's address; {exc}: the failure's own words). The most derived
@@ -224,17 +227,17 @@ class Client:
         return self.request("GET", "/device/cuda")
 
     # -- the native API --------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """``GET /v1/health``: ``{status, version, pid, uptime_s, torch_ready, ...}``."""
         return self.request("GET", "/v1/health")
 
-    def list_models(self) -> list[dict[str, Any]]:
+    def list_models(self) -> list[CacheEntry]:
         """Every cache entry with full detail (docs/API.md's entry fields)."""
         return self.request("GET", "/v1/models")["models"]
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
-                   properties: dict[str, Any] | None = None) -> dict[str, Any]:
+                   properties: dict[str, Any] | None = None) -> CacheEntry:
         """Load ``name`` on ``device`` (waits for the load; returns the entry)."""
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
                 "properties": properties}
@@ -242,14 +245,14 @@ class Client:
                             body={k: v for k, v in body.items() if v is not None})
 
     def update_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
-                     keep_alive: str | float | None = None) -> list[dict[str, Any]]:
+                     keep_alive: str | float | None = None) -> list[CacheEntry]:
         """Change pin or keep-alive of a loaded model; returns the entries changed."""
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive}
         return self.request("PATCH", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})["models"]
 
     def eject(self, name: str | None = None, device: str | None = None, *,
-              all: bool = False, force: bool = False) -> dict[str, Any]:
+              all: bool = False, force: bool = False) -> EjectResult:
         """Eject one model (from ``device``, or every device) or, with ``all``, everything."""
         query: dict[str, Any] = {"name": name, "device": device}
         if all:
@@ -262,7 +265,7 @@ class Client:
         """Every model name the daemon knows, with family, dimensions and offline status."""
         return self.request("GET", "/v1/registry")["models"]
 
-    def devices(self) -> dict[str, Any]:
+    def devices(self) -> DevicesReport:
         """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""
         return self.request("GET", "/v1/devices")
 
