@@ -39,7 +39,17 @@ from modelctl.errors import (
 from modelctl.unix_http import UnixConnection
 
 if TYPE_CHECKING:
-    from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
+    from modelctl.wire import (
+        CacheEntry,
+        DevicesReport,
+        EjectResult,
+        Health,
+        MarqoCpu,
+        MarqoCuda,
+        MarqoEjected,
+        MarqoModels,
+        MarqoRoot,
+    )
 
 # What each transport failure means to a caller: the class to raise and its message
 # ({where}: the daemon's address; {exc}: the failure's own words). The most derived
@@ -205,24 +215,24 @@ class Client:
         return decoded
 
     # -- Marqo's documented calls (docs/MARQO.md) ----------------------------------
-    def get_marqo(self) -> dict[str, Any]:
+    def get_marqo(self) -> MarqoRoot:
         """``GET /``: ``{"message": ..., "version": ...}``."""
         return self.request("GET", "/")
 
-    def get_loaded_models(self) -> dict[str, Any]:
+    def get_loaded_models(self) -> MarqoModels:
         """``GET /models``: ``{"models": [{"model_name", "model_device"}]}``."""
         return self.request("GET", "/models")
 
-    def eject_model(self, model_name: str, model_device: str | None = None) -> dict[str, Any]:
+    def eject_model(self, model_name: str, model_device: str | None = None) -> MarqoEjected:
         """``DELETE /models``: eject from one device, or from every device when none is given."""
         return self.request("DELETE", "/models",
                             query={"model_name": model_name, "model_device": model_device})
 
-    def get_cpu_info(self) -> dict[str, Any]:
+    def get_cpu_info(self) -> MarqoCpu:
         """``GET /device/cpu``: usage and memory as Marqo's strings."""
         return self.request("GET", "/device/cpu")
 
-    def get_cuda_info(self) -> dict[str, Any]:
+    def get_cuda_info(self) -> MarqoCuda:
         """``GET /device/cuda``: one entry per visible GPU; 400 without CUDA."""
         return self.request("GET", "/device/cuda")
 

@@ -112,3 +112,52 @@ class DevicesReport(TypedDict):
     cuda: list[CudaReport]
     cuda_available: bool
     cuda_error: str | None
+
+
+# -- Marqo's bodies (docs/MARQO.md), exactly as its clients read them ---------------------
+class MarqoRoot(TypedDict):
+    """``GET /``."""
+
+    message: str
+    version: str
+
+
+class MarqoModel(TypedDict):
+    model_name: str
+    model_device: str
+
+
+class MarqoModels(TypedDict):
+    """``GET /models``: ready models only, one per device."""
+
+    models: list[MarqoModel]
+
+
+class MarqoEjected(TypedDict):
+    """``DELETE /models`` on success."""
+
+    result: str
+    message: str
+
+
+class MarqoCpu(TypedDict):
+    """``GET /device/cpu``: every value a string, as Marqo formats it."""
+
+    cpu_usage_percent: str
+    memory_used_percent: str
+    memory_used_gb: str
+
+
+class MarqoCudaDevice(TypedDict):
+    device_id: int
+    device_name: str
+    memory_used: str
+    total_memory: str
+    utilization: str
+    memory_used_percent: str
+
+
+class MarqoCuda(TypedDict):
+    """``GET /device/cuda``."""
+
+    cuda_devices: list[MarqoCudaDevice]
