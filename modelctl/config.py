@@ -22,7 +22,6 @@ LOCK_NAME = "modelctl.lock"
 STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # A loaded model's variants (daemon/loaders/precision.py says which devices run which).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ENGINES = ("torch", "onnx")

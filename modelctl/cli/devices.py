@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
+    from modelctl.wire import CpuReport, CudaReport, DevicesReport
+
 DEVICE_COLUMNS: list[output.Column] = [
     ("DEVICE", "left"), ("NAME", "left"), ("MEMORY", "left"), ("USED", "right"),
     ("TOTAL", "right"), ("MODELS", "right"), ("BUDGET", "right"), ("UTIL", "right"),
@@ -34,7 +36,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def device_rows(info: dict[str, Any]) -> list[list[Any]]:
+def device_rows(info: DevicesReport) -> list[list[Any]]:
     cpu = info.get("cpu") or {}
     rows: list[list[Any]] = [[
         "cpu", f"{cpu.get('cores', '?')} cores",
@@ -54,7 +56,7 @@ def device_rows(info: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def devices_table(info: dict[str, Any]) -> Table:
+def devices_table(info: DevicesReport) -> Table:
     notes = [native_note(info)]
     if not info.get("cuda_available") and info.get("cuda_error"):
         notes.append(f"cuda: {info['cuda_error']}")
@@ -62,18 +64,17 @@ def devices_table(info: dict[str, Any]) -> Table:
     return output.make_table(DEVICE_COLUMNS, device_rows(info), caption=caption)
 
 
-def native_note(info: dict[str, Any]) -> str:
+def native_note(info: DevicesReport) -> str:
     """Which precisions each device computes natively, and the cpu's threads per pass."""
-    parts = []
-    for report in [info.get("cpu") or {}, *(info.get("cuda") or ())]:
-        native = report.get("native_precisions")
-        if native:
-            parts.append(f"{report.get('device')} {' '.join(native)}")
+    cpu = info.get("cpu")
+    reports: list[CpuReport | CudaReport] = [cpu] if cpu else []
+    reports += info.get("cuda") or []
+    parts = [f"{r.get('device')} {' '.join(r['native_precisions'])}"
+             for r in reports if r.get("native_precisions")]
     note = f"native precisions: {'; '.join(parts)}" if parts else ""
-    threads = (info.get("cpu") or {}).get("threads")
-    if threads:
-        pinned = (info.get("cpu") or {}).get("threads_pinned")
-        note += f"\ncpu threads per pass: {threads} ({'pinned' if pinned else 'adaptive'})"
+    if cpu and cpu.get("threads"):
+        how = "pinned" if cpu.get("threads_pinned") else "adaptive"
+        note += f"\ncpu threads per pass: {cpu.get('threads')} ({how})"
     return note
 
 
