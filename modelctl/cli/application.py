@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from modelctl import __version__
-from modelctl.cli import completion, daemon, devices, embed, global_options, models
+from modelctl.cli import cluster, completion, daemon, devices, embed, global_options, models
 from modelctl.cli.global_options import GlobalOptions
 from modelctl.cli.params import help_without_command
 from modelctl.cli.state import State, build_settings
@@ -84,6 +84,7 @@ def make_app() -> typer.Typer:
     new.command("serve")(daemon.serve)
     new.add_typer(daemon.app, name="daemon")
     new.add_typer(completion.app, name="completion")
+    new.add_typer(cluster.app, name="cluster")
     return new
 
 
