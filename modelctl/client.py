@@ -194,10 +194,15 @@ class Client:
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
-                   properties: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Load ``name`` on ``device`` (waits for the load; returns the entry)."""
+                   properties: dict[str, Any] | None = None, copies: int | None = None,
+                   node: str | None = None) -> dict[str, Any]:
+        """Load ``name`` on ``device`` (waits for the load; returns the entry).
+
+        ``copies`` and ``node`` are for a cluster (``modelctl cluster``): load on that
+        many replicas, or on that node; the entry then lists every copy in ``copies``.
+        """
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
-                "properties": properties}
+                "properties": properties, "copies": copies, "node": node}
         return self.request("POST", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})
 
@@ -209,9 +214,10 @@ class Client:
                             body={k: v for k, v in body.items() if v is not None})["models"]
 
     def eject(self, name: str | None = None, device: str | None = None, *,
-              all: bool = False, force: bool = False) -> dict[str, Any]:
-        """Eject one model (from ``device``, or every device) or, with ``all``, everything."""
-        query: dict[str, Any] = {"name": name, "device": device}
+              all: bool = False, force: bool = False, node: str | None = None) -> dict[str, Any]:
+        """Eject one model (from ``device``, or every device) or, with ``all``, everything;
+        on a cluster, ``node`` limits it to one node."""
+        query: dict[str, Any] = {"name": name, "device": device, "node": node}
         if all:
             query["all"] = "true"
         if force:

@@ -48,19 +48,24 @@ CpuReplicasOpt = Annotated[int, typer.Option(
 GpusOpt = Annotated[int | None, typer.Option(
     "--gpus", metavar="N", min=0,
     help="GPUs to spread replicas over [default: the cluster's GPUs now].")]
+ProxyOpt = Annotated[str, typer.Option(
+    "--proxy-location", metavar="WHERE",
+    help="Where Serve runs HTTP proxies: EveryNode (each node with replicas) or HeadOnly.")]
 ReplicaCpusOpt = Annotated[float, typer.Option(
     "--replica-cpus", metavar="N", min=0.0, help="Ray CPUs each replica reserves.")]
 
 
-def _options(http: int, host: str, api_key: str | None, gpus: int | None,
+def _options(http: int, host: str, proxy: str, api_key: str | None, gpus: int | None,
              replicas_per_gpu: int, cpu_replicas: int, replica_cpus: float,
              max_cpu_memory: str | None, max_cuda_memory: str | None,
              keep_alive: str | None) -> ClusterOptions:
     from modelctl.cluster.options import ClusterOptions
 
     seconds = duration_value(keep_alive, "--keep-alive")
+    if proxy not in ("EveryNode", "HeadOnly"):
+        raise typer.BadParameter("EveryNode or HeadOnly", param_hint="--proxy-location")
     return ClusterOptions(
-        http_host=host, http_port=http, api_key=api_key,
+        http_host=host, http_port=http, proxy_location=proxy, api_key=api_key,
         gpus=-1 if gpus is None else gpus, replicas_per_gpu=replicas_per_gpu,
         cpu_replicas=cpu_replicas, replica_cpus=replica_cpus,
         max_cpu_memory=size_value(max_cpu_memory, "--max-cpu-memory"),
@@ -81,6 +86,7 @@ def up(
     address: AddressOpt = None,
     http: ClusterHttpOpt = 8882,
     host: ClusterHostOpt = "127.0.0.1",
+    proxy_location: ProxyOpt = "EveryNode",
     api_key: ServerApiKeyOpt = None,
     gpus: GpusOpt = None,
     replicas_per_gpu: ReplicasPerGpuOpt = 1,
@@ -92,8 +98,8 @@ def up(
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy modelctl on a running Ray cluster and wait until every replica is ready."""
-    options = _options(http, host, api_key, gpus, replicas_per_gpu, cpu_replicas,
-                       replica_cpus, max_cpu_memory, max_cuda_memory, keep_alive)
+    options = _options(http, host, proxy_location, api_key, gpus, replicas_per_gpu,
+                       cpu_replicas, replica_cpus, max_cpu_memory, max_cuda_memory, keep_alive)
     control = _control()
     with output.activity("deploying modelctl on Ray Serve"):
         result = control.up(options, address)
@@ -135,6 +141,7 @@ def config(
     address: AddressOpt = None,
     http: ClusterHttpOpt = 8882,
     host: ClusterHostOpt = "0.0.0.0",
+    proxy_location: ProxyOpt = "EveryNode",
     api_key: ServerApiKeyOpt = None,
     gpus: GpusOpt = None,
     replicas_per_gpu: ReplicasPerGpuOpt = 1,
@@ -148,8 +155,8 @@ def config(
 
     Without --gpus it asks the Ray cluster how many GPUs it has.
     """
-    options = _options(http, host, api_key, gpus, replicas_per_gpu, cpu_replicas,
-                       replica_cpus, max_cpu_memory, max_cuda_memory, keep_alive)
+    options = _options(http, host, proxy_location, api_key, gpus, replicas_per_gpu,
+                       cpu_replicas, replica_cpus, max_cpu_memory, max_cuda_memory, keep_alive)
     if options.gpus >= 0:
         from modelctl.cluster.options import serve_config
 

@@ -35,6 +35,13 @@ def _percent(value: float | None) -> str:
 
 
 def device_rows(info: dict[str, Any]) -> list[list[Any]]:
+    if info.get("nodes"):  # a cluster: each node's cpu, then its GPUs
+        fleet_rows = []
+        for node in info["nodes"]:
+            for row in device_rows({"cpu": node.get("cpu"), "cuda": node.get("cuda")}):
+                fleet_rows.append([row[0] if "/" in row[0] else f"{node.get('node')}/{row[0]}",
+                                   *row[1:]])
+        return fleet_rows
     cpu = info.get("cpu") or {}
     rows: list[list[Any]] = [[
         "cpu", f"{cpu.get('cores', '?')} cores",

@@ -53,7 +53,8 @@ def up(options: ClusterOptions, address: str | None, timeout: float = 600.0) -> 
     with connected(address) as ray:
         if options.gpus < 0:
             options = _with_gpus(options, cluster_gpus(ray))
-        serve.start(http_options={"host": options.http_host, "port": options.http_port})
+        serve.start(proxy_location=options.proxy_location,
+                    http_options={"host": options.http_host, "port": options.http_port})
         serve.run(build(options.to_args()), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{_connect_host(options.http_host)}:{options.http_port}"
     health = wait_ready(url, options, len(options.replica_ids()),

@@ -181,14 +181,12 @@ class ClusterIngress:
         if not isinstance(name, str):
             return await self.forward_any(request, body)
         await self._live()
+        forwarded = json.dumps(fields).encode()
         if copies == 1:
-            one = await self.registry.place.remote(name, device, node, [])
-            targets = [one] if one else []
-        else:
-            targets = await self.registry.copies.remote(name, copies, device, node)
+            return await self._load_one(request, forwarded, name, device, node)
+        targets = await self.registry.copies.remote(name, copies, device, node)
         if not targets:
             raise _nowhere(device, node)
-        forwarded = json.dumps(fields).encode()
         replies = await asyncio.gather(*(self._send(t, request, forwarded) for t in targets),
                                        return_exceptions=True)
         entries = []
@@ -200,9 +198,32 @@ class ClusterIngress:
             entries.append(self._tag(json.loads(reply.body), target))
         if not entries:
             raise ServiceUnavailable("every replica chosen for the load went away; try again")
-        if len(targets) > 1:
-            entries[0]["copies"] = entries[:]
+        entries[0]["copies"] = entries[:]
         return _json(entries[0])
+
+    async def _load_one(self, request: Request, body: bytes, name: str, device: str | None,
+                        node: str | None) -> Response:
+        """Load on the registry's choice; a replica that has no room (409: what it holds
+        is pinned or in use) passes the load on to the next, so nothing in use is evicted
+        while another replica can take the model."""
+        tried: list[str] = []
+        refused: ForwardedResponse | None = None
+        while True:
+            target = await self.registry.place.remote(name, device, node, tried)
+            if target is None:
+                if refused is not None:
+                    return _response(refused)
+                raise _nowhere(device, node)
+            try:
+                reply = await self._send(target, request, body)
+            except ReplicaGone:
+                tried.append(target)
+                continue
+            if reply.status != 409:
+                return _response(reply) if reply.status >= 400 else \
+                    _json(self._tag(json.loads(reply.body), target))
+            refused = refused or reply
+            tried.append(target)
 
     def _tag(self, entry: dict[str, Any], replica: str) -> dict[str, Any]:
         report = next((r for r in self.snapshot if r["replica"] == replica), {})

@@ -19,6 +19,8 @@ IMPORT_PATH = "modelctl.cluster.app:build"
 class ClusterOptions:
     http_host: str = "127.0.0.1"
     http_port: int = 8882
+    # Serve's: EveryNode (a proxy on each node with replicas) or HeadOnly.
+    proxy_location: str = "EveryNode"
     api_key: str | None = None
     gpus: int = 0  # GPUs the replicas are spread over (the cluster's, at `cluster up`)
     replicas_per_gpu: int = 1
@@ -55,7 +57,7 @@ def serve_config(options: ClusterOptions) -> str:
     lines = [
         "# modelctl on Ray Serve: `serve deploy` this file, or paste it as a RayService's",
         "# serveConfigV2. Replicas need `pip install 'modelctl[ray]'` on every node image.",
-        "proxy_location: EveryNode",
+        f"proxy_location: {options.proxy_location}",
         "http_options:",
         f"  host: {_scalar(options.http_host)}",
         f"  port: {options.http_port}",
@@ -66,7 +68,7 @@ def serve_config(options: ClusterOptions) -> str:
         "    args:",
     ]
     lines += [f"      {key}: {_scalar(value)}" for key, value in args.items()
-              if key not in ("http_host", "http_port")]
+              if key not in ("http_host", "http_port", "proxy_location")]
     return "\n".join(lines) + "\n"
 
 
