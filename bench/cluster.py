@@ -135,6 +135,7 @@ def main() -> int:
                                       bodies_for("minilm-b", sentences), strict=True)
                  for body in pair]
         drive(cluster.port, mixed)
+        time.sleep(3)  # request counters reach the view with each replica's next report
         after_counts = requests_by(fleet)
         hits = sum(after_counts[key] - before_counts.get(key, 0) for key in before_counts)
         strays = sorted(set(after_counts) - set(before_counts))

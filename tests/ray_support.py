@@ -25,11 +25,12 @@ from tests.support import base_env, free_port, modelctl_exe
 # it take 127.0.0.1 (the node's address is also given explicitly below).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 OBJECT_STORE = 100 * 2**20
+# Ray reads these when it is imported: import this module before ray.
+os.environ.update(LOOPBACK_ENV)
 
 
 class RayCluster:
     def __init__(self, head_cpus: int = 4) -> None:
-        os.environ.update(LOOPBACK_ENV)
         from ray.cluster_utils import Cluster
 
         for attempt in range(3):

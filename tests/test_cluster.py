@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import tests.ray_support  # noqa: F401  (sets Ray's environment before ray is imported)
+
 pytest.importorskip("ray.serve")
 
 from modelctl.client import Client  # noqa: E402
@@ -73,9 +75,9 @@ def test_load_embed_and_ls_show_where_the_model_is(ray_cluster: RayCluster,
         reply = sdk.embeddings.create(model=MINILM, input=["a cluster", "of caches"])
         assert [len(d.embedding) for d in reply.data] == [384, 384]
     fleet.embeddings(MINILM, "one more")
-    after = rows(fleet)
-    assert list(after) == [(holder, MINILM)], "a request loaded a second copy"
-    assert after[(holder, MINILM)]["requests"] == 5
+    # Request counters reach the view with the replica's next report (within a second).
+    wait_for(lambda: rows(fleet)[(holder, MINILM)]["requests"] == 5, timeout=15)
+    assert list(rows(fleet)) == [(holder, MINILM)], "a request loaded a second copy"
 
     marqo = {m["model_name"]: m["model_device"] for m in fleet.get_loaded_models()["models"]}
     assert marqo == {MINILM: "cpu"}
@@ -93,11 +95,13 @@ def test_concurrent_first_requests_load_once(fleet: Client) -> None:
     errors: list[BaseException] = []
 
     def embed() -> None:
+        own = Client(fleet.url, timeout=120)
         try:
-            with Client(fleet.url, timeout=120) as own:
-                own.embeddings(MINILM, "first")
+            own.embeddings(MINILM, "first")
         except BaseException as exc:
             errors.append(exc)
+        finally:
+            own.close()
 
     threads = [threading.Thread(target=embed) for _ in range(8)]
     for thread in threads:
@@ -105,8 +109,7 @@ def test_concurrent_first_requests_load_once(fleet: Client) -> None:
     for thread in threads:
         thread.join()
     assert not errors
-    entries = fleet.list_models()
-    assert len(entries) == 1 and entries[0]["requests"] == 8
+    wait_for(lambda: [e["requests"] for e in fleet.list_models()] == [8], timeout=15)
 
 
 def test_cold_model_goes_where_there_is_room(fleet: Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,3 +138,11 @@ def test_serve_config_round_trips_through_the_application_args() -> None:
                                                       "cpu-0"]
     with pytest.raises(ValueError, match="unknown"):
         ClusterOptions.from_args({"gpu": 1})
+
+
+def test_ray_is_the_version_the_extra_pins() -> None:
+    """modelctl uses only Ray Serve's public API, tested against this version: moving to
+    another is a change to the `ray` extra, made with the `ray` tests run again."""
+    ray = pytest.importorskip("ray")
+    pins = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert f'ray = ["ray[serve]=={ray.__version__}"]' in pins

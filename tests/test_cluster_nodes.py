@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import tests.ray_support  # noqa: F401  (sets Ray's environment before ray is imported)
+
 pytest.importorskip("ray.serve")
 
 from modelctl.client import Client  # noqa: E402
@@ -87,6 +89,6 @@ def test_a_node_going_away_leaves_the_view_and_the_routing(nodes: RayCluster,
     before = {e["replica"]: e["requests"] for e in fleet.list_models()}
     for _ in range(6):
         assert len(fleet.embed(MINILM, ["still served"])[0]) == 384
-    after = {e["replica"]: e["requests"] for e in fleet.list_models()}
-    (survivor,) = after
-    assert after[survivor] == before[survivor] + 6
+    (survivor,) = before
+    wait_for(lambda: {e["replica"]: e["requests"] for e in fleet.list_models()} ==
+             {survivor: before[survivor] + 6}, timeout=15)

@@ -53,6 +53,9 @@ def up(options: ClusterOptions, address: str | None, timeout: float = 600.0) -> 
     with connected(address) as ray:
         if options.gpus < 0:
             options = _with_gpus(options, cluster_gpus(ray))
+        if not options.replica_ids():
+            raise ClusterError("nothing to deploy: this Ray cluster has no GPUs; give "
+                               "--cpu-replicas N")
         serve.start(proxy_location=options.proxy_location,
                     http_options={"host": options.http_host, "port": options.http_port})
         serve.run(build(options.to_args()), name=APP_NAME, route_prefix="/", blocking=False)

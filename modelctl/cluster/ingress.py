@@ -198,8 +198,7 @@ class ClusterIngress:
             entries.append(self._tag(json.loads(reply.body), target))
         if not entries:
             raise ServiceUnavailable("every replica chosen for the load went away; try again")
-        entries[0]["copies"] = entries[:]
-        return _json(entries[0])
+        return _json({**entries[0], "copies": entries})
 
     async def _load_one(self, request: Request, body: bytes, name: str, device: str | None,
                         node: str | None) -> Response:
