@@ -12,7 +12,7 @@ One run, real Ray on loopback (``ray.cluster_utils.Cluster``, one node), MiniLM 
   reached a replica already holding its model (target >= 95%), counted from the
   replicas' own request counters, and no copy loaded anywhere else.
 
-    python bench/cluster.py [--rounds 3] [--sentences 256]
+    python bench/cluster.py [--rounds 3] [--sentences 128]
 
 The load generator is 32 threads with keep-alive connections (the same for both sides).
 """
@@ -89,7 +89,7 @@ def requests_by(client: object) -> dict[tuple[str, str], int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--sentences", type=int, default=128)
     args = parser.parse_args()
     sentences = make_sentences(args.sentences)
     load = os.getloadavg()[0]
@@ -99,7 +99,9 @@ def main() -> int:
     cluster = RayCluster(head_cpus=4)
     try:
         started = time.perf_counter()
-        up = cluster.up("--cpu-replicas", "1", "--gpus", "0")
+        # Two Ray CPUs for the replica: Ray sets OMP_NUM_THREADS from them, so its torch
+        # runs the same two threads as the daemon's (on this machine's 2 cores).
+        up = cluster.up("--cpu-replicas", "1", "--gpus", "0", "--replica-cpus", "2")
         print(f"cluster up (1 cpu replica): {time.perf_counter() - started:.1f}s wall "
               f"(the command reported {up['seconds']:.1f}s)")
         fleet = cluster.client()
@@ -124,7 +126,7 @@ def main() -> int:
               f"(target >= {TARGETS['overhead']}) {verdict[overhead >= TARGETS['overhead']]}")
 
         started = time.perf_counter()
-        cluster.up("--cpu-replicas", "2", "--gpus", "0")
+        cluster.up("--cpu-replicas", "2", "--gpus", "0", "--replica-cpus", "1")
         print(f"redeploy with 2 replicas: {time.perf_counter() - started:.1f}s")
         fleet.eject(all=True)
         first = fleet.load_model(MINILM)["replica"]

@@ -124,6 +124,9 @@ def test_eject_frees_every_copy_and_reports_bytes(ray_cluster: RayCluster,
     loaded = json.loads(ray_cluster.at("load", MINILM, "--copies", "2", "--json",
                                        check=True).stdout)
     assert sorted(c["replica"] for c in loaded["copies"]) == ["cpu-0", "cpu-1"]
+    pinned = fleet.update_model(MINILM, pin=True)  # pins apply to every copy
+    assert sorted((m["replica"], m["pinned"]) for m in pinned) == [("cpu-0", True),
+                                                                   ("cpu-1", True)]
     ejected = json.loads(ray_cluster.at("eject", MINILM, "--json", check=True).stdout)
     assert sorted(e["replica"] for e in ejected["ejected"]) == ["cpu-0", "cpu-1"]
     assert all(e["bytes"] > 0 and "bytes_freed" in e for e in ejected["ejected"])

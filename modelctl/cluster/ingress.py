@@ -144,8 +144,12 @@ class ClusterIngress:
                     query: dict[str, Any] | None = None) -> ForwardedResponse:
         raw_query = request.url.query.encode() if query is None else \
             urlencode({k: v for k, v in query.items() if v is not None}).encode()
+        # The body may have been rewritten (a load without copies and node): its length
+        # is the one sent on.
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
         return await self._call(replica, ForwardedRequest(
-            request.method, request.url.path, raw_query, list(request.headers.raw), body))
+            request.method, request.url.path, raw_query, headers, body))
 
     # -- routes that use one model -------------------------------------------------------
     async def embeddings(self, request: Request, body: bytes) -> Response:
