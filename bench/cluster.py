@@ -90,6 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sentences", type=int, default=128)
+    parser.add_argument("--only", choices=("overhead", "routing"), default=None)
     args = parser.parse_args()
     sentences = make_sentences(args.sentences)
     load = os.getloadavg()[0]
@@ -98,60 +99,73 @@ def main() -> int:
           f"{load:.2f} at start")
     cluster = RayCluster(head_cpus=4)
     try:
-        started = time.perf_counter()
-        # Two Ray CPUs for the replica: Ray sets OMP_NUM_THREADS from them, so its torch
-        # runs the same two threads as the daemon's (on this machine's 2 cores).
-        up = cluster.up("--cpu-replicas", "1", "--gpus", "0", "--replica-cpus", "2")
-        print(f"cluster up (1 cpu replica): {time.perf_counter() - started:.1f}s wall "
-              f"(the command reported {up['seconds']:.1f}s)")
-        fleet = cluster.client()
-        fleet.load_model(MINILM)
-        with Daemon(http_port=free_port()) as daemon:
-            daemon.client.load_model(MINILM, "cpu")
-            warm = bodies_for(MINILM, sentences[:64])
-            drive(daemon.http_port or 0, warm)
-            drive(cluster.port, warm)
-            ratios = []
-            for i in range(args.rounds):
-                before = drive(daemon.http_port or 0, bodies_for(MINILM, sentences))
-                through = drive(cluster.port, bodies_for(MINILM, sentences))
-                after = drive(daemon.http_port or 0, bodies_for(MINILM, sentences))
-                ratio = through / ((before + after) / 2)
-                ratios.append(ratio)
-                print(f"  round {i + 1}: daemon {before:.0f}/{after:.0f} sentences/s, "
-                      f"cluster {through:.0f}/s: {ratio:.2f}x")
-        overhead = statistics.median(ratios)
-        verdict = {True: "ok", False: "MISSED"}
-        print(f"overhead: one-replica cluster {overhead:.2f}x one daemon "
-              f"(target >= {TARGETS['overhead']}) {verdict[overhead >= TARGETS['overhead']]}")
-
-        started = time.perf_counter()
-        cluster.up("--cpu-replicas", "2", "--gpus", "0", "--replica-cpus", "1")
-        print(f"redeploy with 2 replicas: {time.perf_counter() - started:.1f}s")
-        fleet.eject(all=True)
-        first = fleet.load_model(MINILM)["replica"]
-        second = fleet.load_model("minilm-b", properties=COPY)["replica"]
-        assert first != second, "both models on one replica: placement did not spread them"
-        before_counts = requests_by(fleet)
-        mixed = [body for pair in zip(bodies_for(MINILM, sentences),
-                                      bodies_for("minilm-b", sentences), strict=True)
-                 for body in pair]
-        drive(cluster.port, mixed)
-        time.sleep(3)  # request counters reach the view with each replica's next report
-        after_counts = requests_by(fleet)
-        hits = sum(after_counts[key] - before_counts.get(key, 0) for key in before_counts)
-        strays = sorted(set(after_counts) - set(before_counts))
-        share = hits / len(mixed)
-        print(f"routing: {hits} of {len(mixed)} requests reached a replica holding their "
-              f"model: {share:.1%} (target >= {TARGETS['routing']:.0%}) "
-              f"{verdict[share >= TARGETS['routing']]}; copies loaded elsewhere: "
-              f"{strays or 'none'}")
-        fleet.close()
+        if args.only != "routing":
+            started = time.perf_counter()
+            # Two Ray CPUs for the replica: Ray sets OMP_NUM_THREADS from them, so its
+            # torch runs the same two threads as the daemon's (this machine's 2 cores).
+            up = cluster.up("--cpu-replicas", "1", "--gpus", "0", "--replica-cpus", "2")
+            print(f"cluster up (1 cpu replica): {time.perf_counter() - started:.1f}s wall "
+                  f"(the command reported {up['seconds']:.1f}s)")
+            overhead(cluster, sentences, args.rounds)
+        if args.only != "overhead":
+            routing(cluster, sentences)
     finally:
         cluster.close()
     print(f"load average at the end {os.getloadavg()[0]:.2f} (other work on this machine "
           "skews every number)")
     return 0
+
+
+VERDICT = {True: "ok", False: "MISSED"}
+
+
+def overhead(cluster: RayCluster, sentences: list[str], rounds: int) -> None:
+    fleet = cluster.client()
+    fleet.load_model(MINILM)
+    with Daemon(http_port=free_port()) as daemon:
+        daemon.client.load_model(MINILM, "cpu")
+        warm = bodies_for(MINILM, sentences[:64])
+        drive(daemon.http_port or 0, warm)
+        drive(cluster.port, warm)
+        ratios = []
+        for i in range(rounds):
+            before = drive(daemon.http_port or 0, bodies_for(MINILM, sentences))
+            through = drive(cluster.port, bodies_for(MINILM, sentences))
+            after = drive(daemon.http_port or 0, bodies_for(MINILM, sentences))
+            ratio = through / ((before + after) / 2)
+            ratios.append(ratio)
+            print(f"  round {i + 1}: daemon {before:.0f}/{after:.0f} sentences/s, "
+                  f"cluster {through:.0f}/s: {ratio:.2f}x")
+    fleet.close()
+    median = statistics.median(ratios)
+    print(f"overhead: one-replica cluster {median:.2f}x one daemon "
+          f"(target >= {TARGETS['overhead']}) {VERDICT[median >= TARGETS['overhead']]}")
+
+
+def routing(cluster: RayCluster, sentences: list[str]) -> None:
+    started = time.perf_counter()
+    cluster.up("--cpu-replicas", "2", "--gpus", "0", "--replica-cpus", "1")
+    print(f"cluster up with 2 replicas: {time.perf_counter() - started:.1f}s")
+    fleet = cluster.client()  # a new connection: the redeploy restarted the ingress
+    fleet.eject(all=True)
+    first = fleet.load_model(MINILM)["replica"]
+    second = fleet.load_model("minilm-b", properties=COPY)["replica"]
+    assert first != second, "both models on one replica: placement did not spread them"
+    before_counts = requests_by(fleet)
+    mixed = [body for pair in zip(bodies_for(MINILM, sentences),
+                                  bodies_for("minilm-b", sentences), strict=True)
+             for body in pair]
+    drive(cluster.port, mixed)
+    time.sleep(3)  # request counters reach the view with each replica's next report
+    after_counts = requests_by(fleet)
+    hits = sum(after_counts[key] - before_counts.get(key, 0) for key in before_counts)
+    strays = sorted(set(after_counts) - set(before_counts))
+    share = hits / len(mixed)
+    print(f"routing: {hits} of {len(mixed)} requests reached a replica holding their "
+          f"model: {share:.1%} (target >= {TARGETS['routing']:.0%}) "
+          f"{VERDICT[share >= TARGETS['routing']]}; copies loaded elsewhere: "
+          f"{strays or 'none'}")
+    fleet.close()
 
 
 if __name__ == "__main__":
