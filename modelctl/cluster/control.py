@@ -98,7 +98,7 @@ def health(url: str, api_key: str | None = None) -> dict[str, Any]:
 
     client = Client(url, api_key=api_key, timeout=10.0)
     try:
-        return client.health()
+        return dict(client.health())
     finally:
         client.close()
 
