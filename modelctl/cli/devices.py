@@ -40,7 +40,7 @@ def device_rows(info: DevicesReport) -> list[list[Any]]:
     if info.get("nodes"):  # a cluster: each node's cpu, then its GPUs
         fleet_rows = []
         for node in info.get("nodes") or ():
-            one = cast(DevicesReport, {"cpu": node.get("cpu") or {}, "cuda": node.get("cuda")})
+            one = cast("DevicesReport", {"cpu": node.get("cpu") or {}, "cuda": node.get("cuda")})
             for row in device_rows(one):
                 fleet_rows.append([row[0] if "/" in row[0] else f"{node.get('node')}/{row[0]}",
                                    *row[1:]])
