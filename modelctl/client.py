@@ -248,13 +248,17 @@ class Client:
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
                    properties: dict[str, Any] | None = None, precision: str | None = None,
-                   engine: str | None = None) -> CacheEntry:
+                   engine: str | None = None, copies: int | None = None,
+                   node: str | None = None) -> CacheEntry:
         """Load ``name`` on ``device`` (waits for the load; returns the entry).
 
         ``precision``/``engine`` choose the variant (default: the daemon's, fp32 torch).
+        ``copies`` and ``node`` are for a cluster (``modelctl cluster``): load on that
+        many replicas, or on that node; the entry then lists every copy in ``copies``.
         """
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
-                "properties": properties, "precision": precision, "engine": engine}
+                "properties": properties, "precision": precision, "engine": engine,
+                "copies": copies, "node": node}
         return self.request("POST", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})
 
@@ -267,11 +271,12 @@ class Client:
 
     def eject(self, name: str | None = None, device: str | None = None, *,
               all: bool = False, force: bool = False, precision: str | None = None,
-              engine: str | None = None) -> EjectResult:
+              engine: str | None = None, node: str | None = None) -> EjectResult:
         """Eject one model (from ``device``, or every device; every variant unless
-        ``precision``/``engine`` narrow it) or, with ``all``, everything."""
+        ``precision``/``engine`` narrow it) or, with ``all``, everything; on a cluster,
+        ``node`` limits it to one node."""
         query: dict[str, Any] = {"name": name, "device": device, "precision": precision,
-                                 "engine": engine}
+                                 "engine": engine, "node": node}
         if all:
             query["all"] = "true"
         if force:

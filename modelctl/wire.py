@@ -7,7 +7,7 @@ Keys and meanings are docs/API.md's. Standard library only: the CLI and
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class Accuracy(TypedDict):
@@ -50,6 +50,11 @@ class CacheEntry(TypedDict):
     pinned: bool
     keep_alive: float | None
     expires_at: str | None
+    # On a cluster (docs/CLUSTER.md): where this copy is, and a load's every copy.
+    node: NotRequired[str | None]
+    node_id: NotRequired[str | None]
+    replica: NotRequired[str]
+    copies: NotRequired[list[CacheEntry]]
 
 
 class EjectedModel(TypedDict):
@@ -66,6 +71,9 @@ class EjectedModel(TypedDict):
     rss_freed: int | None
     device_bytes_freed: int | None
     reason: str  # "eject", "evict" or "expire"
+    node: NotRequired[str | None]  # on a cluster: where the copy was
+    node_id: NotRequired[str | None]
+    replica: NotRequired[str]
 
 
 class EjectResult(TypedDict):
@@ -95,6 +103,7 @@ class Health(TypedDict):
     socket: str
     http: str | None
     preload: list[PreloadStatus]
+    cluster: NotRequired[bool]  # a `modelctl cluster` URL answered
 
 
 class CpuReport(TypedDict):
@@ -138,6 +147,7 @@ class DevicesReport(TypedDict):
     cuda: list[CudaReport]
     cuda_available: bool
     cuda_error: str | None
+    nodes: NotRequired[list[dict[str, Any]]]  # on a cluster: each node's cpu, GPUs, replicas
 
 
 # -- Marqo's bodies (docs/MARQO.md), exactly as its clients read them ---------------------

@@ -25,7 +25,7 @@ from modelctl.cli.state import State
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "sentence_transformers", "open_clip", "fastapi",
-         "uvicorn", "pynvml", "numpy")
+         "uvicorn", "pynvml", "numpy", "ray")
 
 
 @pytest.fixture
@@ -279,7 +279,7 @@ def test_cli_imports_nothing_heavy(runtime_dir: Path) -> None:
     code = textwrap.dedent("""
         import contextlib, io, json, sys
         from modelctl.cli import main
-        for argv in (["--help"], ["ls", "--json"], ["devices"]):
+        for argv in (["--help"], ["ls", "--json"], ["devices"], ["cluster", "--help"]):
             with contextlib.redirect_stdout(io.StringIO()), \\
                     contextlib.redirect_stderr(io.StringIO()):
                 try:

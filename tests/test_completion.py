@@ -272,8 +272,8 @@ def test_commands_and_options_without_a_daemon(home: Path, absent: Path) -> None
     assert top == ["--socket", "--url", "--api-key", "--runtime-dir", "--version", "--help"]
     assert values(engine("modelctl daemon ", env)) == ["start", "stop", "status", "logs"]
     assert values(engine("modelctl eject --", env)) == ["--device", "--all", "--force",
-                                                         "--precision", "--engine", "--json",
-                                                         "--help"]
+                                                         "--precision", "--engine", "--node",
+                                                         "--json", "--help"]
     assert values(engine("modelctl completion show ", env)) == ["bash", "zsh", "fish"]
     assert values(engine("modelctl --socket /x embed --help ", env)) == []
     # No daemon: the built-in registry, and the devices the NVIDIA driver lists.

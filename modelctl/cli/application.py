@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from modelctl import __version__
-from modelctl.cli import daemon, devices, embed, global_options, models
+from modelctl.cli import cluster, daemon, devices, embed, global_options, models
 from modelctl.cli.completion import shell_scripts
 from modelctl.cli.global_options import GlobalOptions
 from modelctl.cli.params import help_without_command
@@ -85,6 +85,7 @@ def make_app() -> typer.Typer:
     new.command("serve")(daemon.serve)
     new.add_typer(daemon.app, name="daemon")
     new.add_typer(shell_scripts.app, name="completion")
+    new.add_typer(cluster.app, name="cluster")
     return new
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -37,6 +37,14 @@ def _percent(value: float | None) -> str:
 
 
 def device_rows(info: DevicesReport) -> list[list[Any]]:
+    if info.get("nodes"):  # a cluster: each node's cpu, then its GPUs
+        fleet_rows = []
+        for node in info.get("nodes") or ():
+            one = cast("DevicesReport", {"cpu": node.get("cpu") or {}, "cuda": node.get("cuda")})
+            for row in device_rows(one):
+                fleet_rows.append([row[0] if "/" in row[0] else f"{node.get('node')}/{row[0]}",
+                                   *row[1:]])
+        return fleet_rows
     cpu = info.get("cpu") or {}
     rows: list[list[Any]] = [[
         "cpu", f"{cpu.get('cores', '?')} cores",

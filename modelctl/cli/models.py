@@ -75,7 +75,34 @@ def entry_row(entry: CacheEntry, now: datetime | None = None) -> list[str]:
 
 def print_entries(entries: list[CacheEntry]) -> None:
     now = datetime.now(UTC)
+    if any("replica" in e for e in entries):  # a cluster's fleet view: where each copy is
+        output.print_table(FLEET_COLUMNS + ENTRY_COLUMNS, [
+            [str(e.get("node") or "-"), str(e.get("replica") or "-"), *entry_row(e, now)]
+            for e in entries])
+        return
     output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
+
+
+FLEET_COLUMNS: list[output.Column] = [("NODE", "left"), ("REPLICA", "left")]
+
+NodeOpt = Annotated[str | None, typer.Option(
+    "--node", metavar="NODE",
+    help="On a cluster: only this node (its Ray node name or node id prefix).")]
+
+
+def _require_cluster(state: State, flag: str) -> None:
+    """``flag`` means something only to a cluster: say so, rather than ignore it."""
+    client = state.client(timeout=30.0)
+    try:
+        cluster = bool(client.health().get("cluster"))
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc) from exc
+    finally:
+        client.close()
+    if not cluster:
+        raise typer.BadParameter("applies to a cluster only (`modelctl --url "
+                                 "http://HEAD:PORT ...`, see `modelctl cluster`)",
+                                 param_hint=flag)
 
 
 def _loaded(state: State) -> list[CacheEntry] | None:
@@ -118,20 +145,29 @@ def load(
         help="A custom model's modelProperties (Marqo's shape), as JSON or @file.json.")] = None,
     precision: PrecisionOpt = None,
     engine: EngineOpt = None,
+    copies: Annotated[int | None, typer.Option(
+        "--copies", metavar="N", min=1, max=64,
+        help="On a cluster: load it on N replicas (holders first, then the most free).")
+    ] = None,
+    node: NodeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (starting the daemon if none runs) and show its entry."""
     props = json_object_value(properties, "--properties")
     seconds = duration_value(keep_alive, "--keep-alive")
-    client = get_state(ctx).started_client(timeout=LOAD_TIMEOUT)
+    state = get_state(ctx)
+    if copies is not None or node is not None:
+        _require_cluster(state, "--copies" if copies is not None else "--node")
+    client = state.started_client(timeout=LOAD_TIMEOUT)
     where = f" on {device}" if device else ""
     with output.activity(f"loading {name}{where}"):
         entry = client.load_model(name, device, pin=True if pin else None, keep_alive=seconds,
-                                  properties=props, precision=precision, engine=engine)
+                                  properties=props, precision=precision, engine=engine,
+                                  copies=copies, node=node)
     if as_json:
         output.print_json(entry)
     else:
-        print_entries([entry])
+        print_entries(entry.get("copies") or [entry])
 
 
 def eject(
@@ -144,6 +180,7 @@ def eject(
         "--force", help="Do not wait for requests in flight to finish.")] = False,
     precision: LoadedPrecisionOpt = None,
     engine: LoadedEngineOpt = None,
+    node: NodeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Eject a model (every variant unless narrowed) and hand its memory back. Never
@@ -153,11 +190,13 @@ def eject(
     if not all_ and not name:
         raise typer.BadParameter("give the NAME of a loaded model, or --all", param_hint="NAME")
     state = get_state(ctx)
+    if node is not None:
+        _require_cluster(state, "--node")
     client = state.client()
     try:
         with output.activity(f"ejecting {name or 'every model'}"):
             result = client.eject(name, device, all=all_, force=force, precision=precision,
-                                  engine=engine)
+                                  engine=engine, node=node)
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
@@ -175,7 +214,8 @@ def eject(
         if str(item.get("device", "")).startswith("cuda") and item.get("device_bytes_freed"):
             freed = item["device_bytes_freed"]
         tail = f", freed {format_bytes(freed)}" if freed is not None else ""
-        output.say(f"ejected {item.get('name')} from {item.get('device')}{tail}")
+        where = f" on {item['node']}/{item.get('replica')}" if item.get("node") else ""
+        output.say(f"ejected {item.get('name')} from {item.get('device')}{where}{tail}")
 
 
 def _not_loaded(exc: ModelNotInCache) -> ModelNotInCache:

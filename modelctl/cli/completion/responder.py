@@ -76,6 +76,15 @@ for _command in ("serve", "daemon start"):
     SOURCES[(_command, "--threads")] = ""
     SOURCES[(_command, "--precision")] = "precisions"
     SOURCES[(_command, "--engine")] = "engines"
+# On a cluster (`modelctl cluster`): node names come from no daemon; free text.
+SOURCES.update({("load", "--copies"): "", ("load", "--node"): "", ("eject", "--node"): ""})
+for _command in ("cluster up", "cluster config"):
+    for _flag in ("--address", "--http", "--host", "--proxy-location", "--api-key", "--gpus",
+                  "--replicas-per-gpu", "--cpu-replicas", "--replica-cpus",
+                  "--max-cpu-memory", "--max-cuda-memory", "--keep-alive"):
+        SOURCES[(_command, _flag)] = ""
+for _command in ("cluster status", "cluster down"):
+    SOURCES[(_command, "--address")] = ""
 
 _ENDS_LINE = ("-h", "--help", "--version")
 
