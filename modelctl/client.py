@@ -66,7 +66,11 @@ class Client:
     """A connection to one daemon. Safe to share between threads (one connection each)."""
 
     def __init__(self, url: str | None = None, *, socket_path: str | Path | None = None,
-                 api_key: str | None = None, timeout: float | None = 600.0) -> None:
+                 api_key: str | None = None, timeout: float | None = 600.0,
+                 autostart: bool = False) -> None:
+        """``autostart=True``: start this user's daemon on first use when none runs, as
+        ``modelctl load`` does (socket clients only; a URL's server is never started)."""
+        self.autostart = autostart and url is None
         if url is None and socket_path is None:
             from modelctl.config import Settings
 
@@ -143,11 +147,24 @@ class Client:
                                        f"{exc}") from exc
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 self.close()
+                if attempt == 0 and self.autostart and not self.url:
+                    self._start_daemon()
+                    continue
                 raise DaemonNotRunning(f"no modelctl daemon is running at {self.where}") from exc
             except OSError:
                 self.close()
                 raise
         raise AssertionError("unreachable")
+
+    def _start_daemon(self) -> None:
+        """Start a daemon for this client's socket (its runtime dir from the environment)."""
+        from modelctl import runtime
+        from modelctl.config import Settings
+
+        settings = Settings.from_env()
+        if self.socket_path is not None and Path(self.socket_path) != settings.socket_path:
+            settings = settings.with_overrides(socket_path=Path(self.socket_path))
+        runtime.start_daemon(settings)
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> Any:
@@ -189,8 +206,18 @@ class Client:
         return self.request("GET", "/v1/health")
 
     def list_models(self) -> list[dict[str, Any]]:
-        """Every cache entry with full detail (DESIGN.md's entry fields)."""
-        return self.request("GET", "/v1/models")["models"]
+        """Every cache entry with full detail (DESIGN.md's entry fields).
+
+        ``GET /v1/models`` is OpenAI's model list; each item is an entry with OpenAI's
+        ``id``, ``object``, ``created`` and ``owned_by`` in front.
+        """
+        return self.request("GET", "/v1/models")["data"]
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: one loaded model (OpenAI's model object, full detail)."""
+        from urllib.parse import quote
+
+        return self.request("GET", f"/v1/models/{quote(model_id, safe='/')}")
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
@@ -256,6 +283,11 @@ class Client:
         body = {"port": port, "host": host, "api_key": api_key}
         return self.request("POST", "/v1/listeners",
                             body={k: v for k, v in body.items() if v is not None})
+
+
+    def close_listener(self, port: int, host: str | None = None) -> dict[str, Any]:
+        """Close a running daemon's TCP listener on ``port`` (Unix socket only)."""
+        return self.request("DELETE", "/v1/listeners", query={"port": port, "host": host})
 
 
 def decode_base64_embedding(value: str | list[float]) -> list[float]:

@@ -14,8 +14,12 @@ TREE: dict[str, dict[str, Any]] = {
         'summary': 'Load models once, share them with every process, see what they cost, free them',
         'commands': {
             'ls': 'List the loaded models',
+            'ps': 'Alias of ls',
             'load': 'Load a model (starting the daemon if none runs) and show its entry',
+            'pull': "Download a registry model's weights into the Hugging Face cache (does not load it)",
             'eject': 'Eject a model and hand its memory back',
+            'stop': 'Alias of eject (as in ollama stop)',
+            'unload': 'Alias of eject (as in lms unload)',
             'pin': 'Pin a loaded model: it is never evicted or expired, only ejected by hand',
             'unpin': 'Unpin a loaded model: eviction and keep-alive apply to it again',
             'embed': 'Embed texts and images (starting the daemon if none runs)',
@@ -45,6 +49,15 @@ TREE: dict[str, dict[str, Any]] = {
             [['-h', '--help'], None, 'Show this message and exit.'],
         ],
     },
+    'ps': {
+        'summary': 'Alias of ls',
+        'commands': {},
+        'arguments': [],
+        'options': [
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
     'load': {
         'summary': 'Load a model (starting the daemon if none runs) and show its entry',
         'commands': {},
@@ -60,8 +73,47 @@ TREE: dict[str, dict[str, Any]] = {
             [['-h', '--help'], None, 'Show this message and exit.'],
         ],
     },
+    'pull': {
+        'summary': "Download a registry model's weights into the Hugging Face cache (does not load it)",
+        'commands': {},
+        'arguments': [
+            ['NAME', False, []],
+        ],
+        'options': [
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
     'eject': {
         'summary': 'Eject a model and hand its memory back',
+        'commands': {},
+        'arguments': [
+            ['NAME', False, []],
+        ],
+        'options': [
+            [['-d', '--device'], 'DEVICE', 'Only the copy on this device [default: every device it is loaded on].'],
+            [['--all'], None, 'Eject every model (on --device only, if given).'],
+            [['--force'], None, 'Do not wait for requests in flight to finish.'],
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'stop': {
+        'summary': 'Alias of eject (as in ollama stop)',
+        'commands': {},
+        'arguments': [
+            ['NAME', False, []],
+        ],
+        'options': [
+            [['-d', '--device'], 'DEVICE', 'Only the copy on this device [default: every device it is loaded on].'],
+            [['--all'], None, 'Eject every model (on --device only, if given).'],
+            [['--force'], None, 'Do not wait for requests in flight to finish.'],
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'unload': {
+        'summary': 'Alias of eject (as in lms unload)',
         'commands': {},
         'arguments': [
             ['NAME', False, []],
@@ -165,6 +217,7 @@ TREE: dict[str, dict[str, Any]] = {
             'start': 'Start the daemon in the background (nothing happens if one runs)',
             'stop': 'Stop the daemon: in-flight requests finish, every model is freed',
             'status': 'Show whether the daemon runs, and how (exit 3 when none runs)',
+            'close-listener': "Close one of the daemon's HTTP listeners; the daemon and its models stay",
             'logs': "Show the end of the daemon's log file",
         },
         'arguments': [],
@@ -200,6 +253,18 @@ TREE: dict[str, dict[str, Any]] = {
         'commands': {},
         'arguments': [],
         'options': [
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'daemon close-listener': {
+        'summary': "Close one of the daemon's HTTP listeners; the daemon and its models stay",
+        'commands': {},
+        'arguments': [
+            ['PORT', False, []],
+        ],
+        'options': [
+            [['--host'], 'HOST', 'Only the listener on this address [default: any].'],
             [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
             [['-h', '--help'], None, 'Show this message and exit.'],
         ],
