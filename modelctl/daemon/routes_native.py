@@ -110,7 +110,8 @@ async def get_model(request: Request, model_id: str) -> Response:
         raise ModelNotInCache(f"The model_name `{model_id}` is not cached or found")
     # The copy used last stands for the model; `devices` lists every copy's device.
     entry = max(entries, key=lambda e: e.last_used)
-    return json_bytes({**openai_model(entry.describe()),
+    # `id` is the id asked for (an alias or the canonical name), as OpenAI's API answers.
+    return json_bytes({**openai_model(entry.describe()), "id": model_id,
                        "devices": sorted(e.device for e in entries)})
 
 
