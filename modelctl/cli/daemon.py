@@ -245,11 +245,11 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def daemon_memory(rss: int | None, idle_rss: int | None) -> str:
-    """``"RSS 612 MiB (480 MiB of it the daemon's own, with no model)"``."""
+    """``"RSS 612 MiB (480 MiB with no model loaded)"``: the daemon's own footprint."""
     if rss is None:
         return "-"
-    own = f" ({format_bytes(idle_rss)} of it the daemon's own, with no model)" \
-        if idle_rss else " (torch still warming up)"
+    own = f" ({format_bytes(idle_rss)} with no model loaded)" if idle_rss else \
+        " (torch still warming up)"
     return f"RSS {format_bytes(rss)}{own}"
 
 
