@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelctl.cli.completion_spec import TREE
+from modelctl.cli.completion.tree import TREE
 from modelctl.cli.habits import FOREIGN, suggestions
 from tests.test_cli_offline import no_daemon_left, one_error_line, run
 from tests.test_cli_offline import runtime_dir as runtime_dir  # noqa: F401  (fixture)

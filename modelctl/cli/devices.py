@@ -18,6 +18,8 @@ from modelctl.units import format_bytes
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from modelctl.wire import DevicesReport
+
 DEVICE_COLUMNS: list[output.Column] = [
     ("DEVICE", "left"), ("NAME", "left"), ("MEMORY", "left"), ("USED", "right"),
     ("TOTAL", "right"), ("MODELS", "right"), ("BUDGET", "right"), ("UTIL", "right"),
@@ -33,7 +35,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def device_rows(info: dict[str, Any]) -> list[list[Any]]:
+def device_rows(info: DevicesReport) -> list[list[Any]]:
     cpu = info.get("cpu") or {}
     rows: list[list[Any]] = [[
         "cpu", f"{cpu.get('cores', '?')} cores",
@@ -53,7 +55,7 @@ def device_rows(info: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def devices_table(info: dict[str, Any]) -> RenderableType:
+def devices_table(info: DevicesReport) -> RenderableType:
     """The devices table, then the daemon's own memory and why cuda is missing, if it is."""
     from rich.console import Group
     from rich.text import Text

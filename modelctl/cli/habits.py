@@ -9,6 +9,7 @@ told where it goes. Both read the generated command tree, so no typer is importe
 from __future__ import annotations
 
 from modelctl.cli import global_options
+from modelctl.errors import UsageError
 
 # Commands that add or take away; a typo of one is never offered the other kind.
 _ADDING = {"load", "pin", "start", "serve", "pull"}
@@ -45,13 +46,13 @@ FOREIGN: dict[str, str] = {
 }
 
 
-class HabitError(ValueError):
-    """A command line that cannot be what was meant (a usage error, exit 2)."""
+class HabitError(UsageError):
+    """Raised for a command line that cannot be what was meant (exit 2)."""
 
 
 def check(args: list[str]) -> None:
     """Raise ``HabitError`` for an unknown command or a global option after the command."""
-    from modelctl.cli.completion_spec import TREE
+    from modelctl.cli.completion.tree import TREE
 
     path: list[str] = []
     i = 0

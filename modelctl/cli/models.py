@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +23,10 @@ from modelctl.cli.state import State, get_state, static_registry
 from modelctl.errors import DaemonNotRunning, ModelNotInCache
 from modelctl.units import format_bytes
 
+if TYPE_CHECKING:
+    from modelctl.client import Client
+    from modelctl.wire import CacheEntry, EjectedModel
+
 # A load may download weights first: give it an hour before the CLI gives up waiting.
 LOAD_TIMEOUT = 3600.0
 
@@ -37,15 +41,16 @@ ENTRY_COLUMNS: list[output.Column] = [
 ENTRY_DROP = ("LOADED", "FAMILY", "REQUESTS", "PIN", "DIM", "EXPIRES")
 
 
-def entry_size(entry: dict[str, Any]) -> int | None:
+def entry_size(entry: CacheEntry) -> int | None:
     """What the copy costs where it lives: allocator bytes on cuda, parameter bytes on cpu."""
-    if str(entry.get("device", "")).startswith("cuda") and entry.get("device_bytes") is not None:
-        return int(entry["device_bytes"])
+    device_bytes = entry.get("device_bytes")
+    if str(entry.get("device", "")).startswith("cuda") and device_bytes is not None:
+        return int(device_bytes)
     size = entry.get("bytes")
     return int(size) if size is not None else None
 
 
-def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
+def entry_expiry(entry: CacheEntry, now: datetime) -> str:
     """When keep-alive ejects it: never (pinned or no keep-alive), not while in use."""
     if entry.get("pinned") or entry.get("keep_alive") is None:
         return "never"
@@ -54,7 +59,7 @@ def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
     return output.until(entry.get("expires_at"), now)
 
 
-def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
+def entry_row(entry: CacheEntry, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
@@ -67,12 +72,12 @@ def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
     ]
 
 
-def print_entries(entries: list[dict[str, Any]]) -> None:
+def print_entries(entries: list[CacheEntry]) -> None:
     now = datetime.now(UTC)
     output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries], drop=ENTRY_DROP)
 
 
-def _loaded(state: State) -> list[dict[str, Any]] | None:
+def _loaded(state: State) -> list[CacheEntry] | None:
     """The loaded entries, or ``None`` when no daemon runs on this user's socket."""
     if state.surely_no_daemon():
         return None
@@ -164,7 +169,14 @@ def eject(
             freed = item["device_bytes_freed"]
         tail = f", freed {format_bytes(freed)}" if freed is not None else ""
         output.say(f"ejected {item.get('name')} from {item.get('device')}{tail}"
-                   f"{freed_note(entry_size(item), freed, str(item.get('device')))}")
+                   f"{freed_note(_size(item), freed, str(item.get('device')))}")
+
+
+def _size(item: EjectedModel) -> int | None:
+    """What ``ls`` showed as SIZE for an ejected copy (as ``entry_size``)."""
+    if str(item.get("device", "")).startswith("cuda") and item.get("device_bytes") is not None:
+        return item["device_bytes"]
+    return item.get("bytes")
 
 
 def freed_note(size: int | None, freed: int | None, device: str) -> str:
@@ -182,7 +194,7 @@ def freed_note(size: int | None, freed: int | None, device: str) -> str:
 
 
 def _not_loaded(exc: ModelNotInCache, name: str | None = None,
-                client: Any = None) -> ModelNotInCache:
+                client: Client | None = None) -> ModelNotInCache:
     guess = ""
     if name and client is not None:
         from modelctl.suggest import did_you_mean

@@ -19,6 +19,7 @@ from modelctl.daemon.metrics import CONTENT_TYPE
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import InvalidArgument, ModelNotInCache, NotFound
 from modelctl.units import parse_iso, parse_keep_alive
+from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
 
 router = APIRouter(prefix="/v1", tags=["native"])
 metrics_router = APIRouter(tags=["native"])
@@ -71,7 +72,7 @@ class ListenerRequest(BaseModel):
 @router.get("/health", summary="Liveness and version")
 async def health(request: Request) -> Response:
     state = _state(request)
-    return json_bytes({
+    health: Health = {
         "status": "ok", "version": state.version, "pid": state.pid,
         "uptime_s": round(time.monotonic() - state.started, 3),
         "torch_ready": state.torch_is_ready, "socket": str(state.settings.socket_path),
@@ -79,10 +80,11 @@ async def health(request: Request) -> Response:
         "listeners": list(state.http_urls),
         "preload": state.preload_status,
         "rss_bytes": cpu_report(state.cpu)["process_rss"], "idle_rss_bytes": state.idle_rss,
-    })
+    }
+    return json_bytes(health)
 
 
-def openai_model(entry: dict[str, Any]) -> dict[str, Any]:
+def openai_model(entry: CacheEntry) -> dict[str, Any]:
     """A cache entry as an item of OpenAI's model list, with modelctl's fields after.
 
     ``id`` is the name the model was loaded by (what ``/v1/embeddings`` takes); the
@@ -159,8 +161,9 @@ async def eject_model(request: Request, name: str | None = Query(None, max_lengt
         raise InvalidArgument("name is required (or all=true)")
     else:
         ejected = await state.cache.eject(state.spec_name(name), canonical_device, force=force)
-    return json_bytes({"ejected": ejected,
-                       "bytes_freed": sum(e["bytes_freed"] or 0 for e in ejected)})
+    result: EjectResult = {"ejected": ejected,
+                           "bytes_freed": sum(e["bytes_freed"] or 0 for e in ejected)}
+    return json_bytes(result)
 
 
 @router.get("/registry", summary="Known model names")
@@ -182,17 +185,18 @@ async def devices(request: Request) -> Response:
     for entry in state.cache.list():
         held[entry.device] = held.get(entry.device, 0) + entry.held_bytes
     cpu = cpu_report(state.cpu)
-    cpu.update(budget=state.budgets.budget("cpu"), models_bytes=held.get("cpu", 0),
-               process_idle_rss=state.idle_rss)
+    cpu.update({"budget": state.budgets.budget("cpu"), "models_bytes": held.get("cpu", 0),
+                "process_idle_rss": state.idle_rss})
     await state.torch_ready()
     cuda = await asyncio.to_thread(cuda_reports, state.nvml)
     for report in cuda:
-        report.update(budget=state.budgets.budget(report["device"]),
-                      models_bytes=held.get(report["device"], 0))
+        report.update({"budget": state.budgets.budget(report["device"]),
+                       "models_bytes": held.get(report["device"], 0)})
     available = cuda_device_count() > 0
-    return json_bytes({"cpu": cpu, "cuda": cuda, "cuda_available": available,
-                       "cuda_error": None if available else
-                       "CUDA is not available on this instance"})
+    answer: DevicesReport = {"cpu": cpu, "cuda": cuda, "cuda_available": available,
+                             "cuda_error": None if available else
+                             "CUDA is not available on this instance"}
+    return json_bytes(answer)
 
 
 @router.post("/listeners", summary="Open a TCP listener on the running daemon (socket only)")
