@@ -124,7 +124,11 @@ class Client:
     """A connection to one daemon. Safe to share between threads (one connection each)."""
 
     def __init__(self, url: str | None = None, *, socket_path: str | Path | None = None,
-                 api_key: str | None = None, timeout: float | None = 600.0) -> None:
+                 api_key: str | None = None, timeout: float | None = 600.0,
+                 autostart: bool = False) -> None:
+        """``autostart=True``: start this user's daemon on first use when none runs, as
+        ``modelctl load`` does (socket clients only; a URL's server is never started)."""
+        self.autostart = autostart and url is None
         if url is None and socket_path is None:
             from modelctl.config import Settings
 
@@ -196,11 +200,25 @@ class Client:
                 self.close()
                 if attempt == 0 and reused and isinstance(exc, _CLOSED_WHILE_IDLE):
                     continue
+                if attempt == 0 and self.autostart and not self.url and \
+                        isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+                    self._start_daemon()
+                    continue
                 mapped = transport_error(exc, self.where)
                 if mapped is None:
                     raise
                 raise mapped from exc
         raise AssertionError("unreachable")
+
+    def _start_daemon(self) -> None:
+        """Start a daemon for this client's socket (its runtime dir from the environment)."""
+        from modelctl import runtime
+        from modelctl.config import Settings
+
+        settings = Settings.from_env()
+        if self.socket_path is not None and Path(self.socket_path) != settings.socket_path:
+            settings = settings.with_overrides(socket_path=Path(self.socket_path))
+        runtime.start_daemon(settings)
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> Any:
@@ -242,8 +260,19 @@ class Client:
         return self.request("GET", "/v1/health")
 
     def list_models(self) -> list[CacheEntry]:
-        """Every cache entry with full detail (docs/API.md's entry fields)."""
-        return self.request("GET", "/v1/models")["models"]
+        """Every cache entry with full detail (docs/API.md's entry fields).
+
+        ``GET /v1/models`` is OpenAI's model list; each item is an entry with OpenAI's
+        ``id``, ``object``, ``created`` and ``owned_by`` in front.
+        """
+        return self.request("GET", "/v1/models")["data"]
+
+    def get_model(self, model_id: str) -> CacheEntry:
+        """``GET /v1/models/{id}``: one loaded model (OpenAI's model object, full detail)."""
+        from urllib.parse import quote
+
+        return self.request("GET", f"/v1/models/{quote(model_id, safe='/')}")
+
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
@@ -315,6 +344,11 @@ class Client:
         body = {"port": port, "host": host, "api_key": api_key}
         return self.request("POST", "/v1/listeners",
                             body={k: v for k, v in body.items() if v is not None})
+
+
+    def close_listener(self, port: int, host: str | None = None) -> dict[str, Any]:
+        """Close a running daemon's TCP listener on ``port`` (Unix socket only)."""
+        return self.request("DELETE", "/v1/listeners", query={"port": port, "host": host})
 
 
 def decode_base64_embedding(value: str | list[float]) -> list[float]:

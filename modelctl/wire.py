@@ -35,6 +35,12 @@ class CacheEntry(TypedDict):
     node_id: NotRequired[str | None]
     replica: NotRequired[str]
     copies: NotRequired[list[CacheEntry]]
+    # OpenAI's model-object fields, in front of the rest in GET /v1/models' items.
+    id: NotRequired[str]
+    object: NotRequired[str]
+    created: NotRequired[int]
+    owned_by: NotRequired[str]
+    devices: NotRequired[list[str]]  # GET /v1/models/{id}: every device it is loaded on
 
 
 class EjectedModel(TypedDict):
@@ -80,8 +86,11 @@ class Health(TypedDict):
     torch_ready: bool
     socket: str
     http: str | None
+    listeners: list[str]
     preload: list[PreloadStatus]
     cluster: NotRequired[bool]  # a `modelctl cluster` URL answered
+    rss_bytes: int
+    idle_rss_bytes: int | None  # the daemon's RSS with torch imported and no model
 
 
 class CpuReport(TypedDict):
@@ -94,6 +103,7 @@ class CpuReport(TypedDict):
     memory_used: int
     memory_available: int
     process_rss: int
+    process_idle_rss: NotRequired[int | None]
     budget: NotRequired[int]
     models_bytes: NotRequired[int]
 

@@ -126,7 +126,12 @@ def test_commands_that_need_a_daemon_exit_3(runtime_dir: Path, args: list[str]) 
     result = run(*args)
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""
-    one_error_line(result.stderr)
+    if "--json" in args:  # the error is a JSON document, on stderr
+        error = json.loads(result.stderr)
+        assert error["exit_code"] == 3 and error["error"]["code"] == "daemon_not_running"
+        assert "no modelctl daemon is running" in error["error"]["message"]
+    else:
+        one_error_line(result.stderr)
     assert no_daemon_left(runtime_dir)
 
 
@@ -170,8 +175,8 @@ def test_usage_errors_exit_2_and_start_nothing(runtime_dir: Path, args: list[str
 
 def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
     result = run("--url", "http://127.0.0.1:9", "ls", "--json")
-    assert result.returncode == 3
-    one_error_line(result.stderr)
+    assert result.returncode == 3 and result.stdout == ""
+    assert json.loads(result.stderr)["error"]["code"] == "daemon_not_running"
 
 
 @pytest.mark.parametrize(("args", "env", "code", "step"), [

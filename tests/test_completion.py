@@ -270,7 +270,8 @@ def test_commands_and_options_without_a_daemon(home: Path, absent: Path) -> None
     assert values(engine("modelctl l", env)) == ["ls", "load"]
     top = values(engine("modelctl --", env))
     assert top == ["--socket", "--url", "--api-key", "--runtime-dir", "--version", "--help"]
-    assert values(engine("modelctl daemon ", env)) == ["start", "stop", "status", "logs"]
+    assert values(engine("modelctl daemon ", env)) == ["start", "stop", "status",
+                                                       "close-listener", "logs"]
     assert values(engine("modelctl eject --", env)) == ["--device", "--all", "--force",
                                                          "--node", "--json", "--help"]
     assert values(engine("modelctl completion show ", env)) == ["bash", "zsh", "fish"]

@@ -24,7 +24,8 @@ from modelctl.errors import DaemonNotRunning, ModelNotInCache
 from modelctl.units import format_bytes
 
 if TYPE_CHECKING:
-    from modelctl.wire import CacheEntry
+    from modelctl.client import Client
+    from modelctl.wire import CacheEntry, EjectedModel
 
 # A load may download weights first: give it an hour before the CLI gives up waiting.
 LOAD_TIMEOUT = 3600.0
@@ -34,6 +35,10 @@ ENTRY_COLUMNS: list[output.Column] = [
     ("STATE", "left"), ("SIZE", "right"), ("LOADED", "left"), ("LAST USED", "left"),
     ("REQUESTS", "right"), ("PIN", "left"), ("EXPIRES", "left"),
 ]
+
+
+# What an 80-column terminal gives up first, in order (the name is cut last).
+ENTRY_DROP = ("LOADED", "FAMILY", "REQUESTS", "PIN", "DIM", "EXPIRES")
 
 
 def entry_size(entry: CacheEntry) -> int | None:
@@ -72,9 +77,9 @@ def print_entries(entries: list[CacheEntry]) -> None:
     if any("replica" in e for e in entries):  # a cluster's fleet view: where each copy is
         output.print_table(FLEET_COLUMNS + ENTRY_COLUMNS, [
             [str(e.get("node") or "-"), str(e.get("replica") or "-"), *entry_row(e, now)]
-            for e in entries])
+            for e in entries], drop=("REPLICA", *ENTRY_DROP))
         return
-    output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
+    output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries], drop=ENTRY_DROP)
 
 
 FLEET_COLUMNS: list[output.Column] = [("NODE", "left"), ("REPLICA", "left")]
@@ -188,7 +193,7 @@ def eject(
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
         if not all_:
-            raise _not_loaded(exc) from exc
+            raise _not_loaded(exc, name, client) from exc
         result = {"ejected": [], "bytes_freed": 0}
     if as_json:
         output.print_json(result)
@@ -202,22 +207,56 @@ def eject(
             freed = item["device_bytes_freed"]
         tail = f", freed {format_bytes(freed)}" if freed is not None else ""
         where = f" on {item['node']}/{item.get('replica')}" if item.get("node") else ""
-        output.say(f"ejected {item.get('name')} from {item.get('device')}{where}{tail}")
+        output.say(f"ejected {item.get('name')} from {item.get('device')}{where}{tail}"
+                   f"{freed_note(_size(item), freed, str(item.get('device')))}")
 
 
-def _not_loaded(exc: ModelNotInCache) -> ModelNotInCache:
-    return ModelNotInCache(f"{exc.message}; `modelctl ls` shows what is loaded")
+def _size(item: EjectedModel) -> int | None:
+    """What ``ls`` showed as SIZE for an ejected copy (as ``entry_size``)."""
+    if str(item.get("device", "")).startswith("cuda") and item.get("device_bytes") is not None:
+        return item["device_bytes"]
+    return item.get("bytes")
+
+
+def freed_note(size: int | None, freed: int | None, device: str) -> str:
+    """Why the memory that came back is not the SIZE `ls` showed, where it is not."""
+    if not size or freed is None or abs(freed - size) <= size // 10:
+        return ""
+    if freed > size:
+        return f" (more than its size, {format_bytes(size)}: buffers it had filled came back too)"
+    if device.startswith("cuda"):
+        return (f" (of {format_bytes(size)}: torch's allocator keeps what it reserved for reuse "
+                "until another process needs it; not a leak)")
+    return (f" (of {format_bytes(size)}: weights read from memory-mapped files and heap the "
+            "allocator keeps count toward SIZE but leave RSS only when the system needs "
+            "the memory; not a leak)")
+
+
+def _not_loaded(exc: ModelNotInCache, name: str | None = None,
+                client: Client | None = None) -> ModelNotInCache:
+    guess = ""
+    if name and client is not None:
+        from modelctl.suggest import did_you_mean
+
+        try:
+            loaded = {str(e.get("name")) for e in client.list_models()}
+        except Exception:  # the advice is a courtesy: never let it hide the error
+            loaded = set()
+        guess = did_you_mean(name, loaded)
+    return ModelNotInCache(f"{exc.message}; {guess + ' ' if guess else ''}"
+                           "`modelctl ls` shows what is loaded")
 
 
 def _set_pin(ctx: typer.Context, name: str, device: str | None, pin: bool,
              as_json: bool) -> None:
     state = get_state(ctx)
+    client = state.client(timeout=30.0)
     try:
-        changed = state.client(timeout=30.0).update_model(name, device, pin=pin)
+        changed = client.update_model(name, device, pin=pin)
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
-        raise _not_loaded(exc) from exc
+        raise _not_loaded(exc, name, client) from exc
     if as_json:
         output.print_json(changed)
         return
@@ -271,4 +310,4 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         [str(e.get("name")), str(e.get("family") or "-"), str(e.get("dimensions") or "-"),
          ",".join(e.get("modalities") or ()) or "-", offline.get(e.get("available_offline"), "?"),
          ", ".join(e.get("aliases") or ()) or "-"]
-        for e in entries])
+        for e in entries], drop=("ALIASES", "MODALITIES", "OFFLINE", "DIM"))

@@ -18,7 +18,8 @@ import typer
 from modelctl.units import parse_duration, parse_size
 
 JsonOpt = Annotated[bool, typer.Option(
-    "--json", help="Print JSON on stdout (only the JSON document; hints go to stderr).")]
+    "--json", help="Print JSON on stdout (only the JSON document; hints go to stderr, "
+                   "and an error is a JSON document there).")]
 
 DeviceOpt = Annotated[str | None, typer.Option(
     "--device", "-d", metavar="DEVICE",

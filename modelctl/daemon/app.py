@@ -45,7 +45,7 @@ FastBody = Callable[[DaemonState], bytes]
 # GET routes without parameters that monitors poll (Marqo's /models, /device/cpu, /):
 # the Listener answers them without FastAPI's routing and dependency machinery, which
 # is most of such a request's CPU time. Each is also a FastAPI route with the same
-# body function, so /openapi.json and /docs describe it and the bytes cannot differ.
+# body function, so /openapi.json describes it and the bytes cannot differ.
 FAST_GET: dict[str, FastBody] = {}
 
 
@@ -115,7 +115,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def create_app(state: DaemonState) -> FastAPI:
     from modelctl.daemon import embeddings, routes_marqo, routes_native
 
-    app = FastAPI(title="modelctl", version=__version__,
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, so they
+    # are blank offline; /openapi.json is the whole API for any viewer or generator.
+    app = FastAPI(title="modelctl", version=__version__, docs_url=None, redoc_url=None,
                   description="A per-host model cache: native /v1 API, OpenAI-style "
                               "embeddings and Marqo's /models and /device routes.")
     app.state.daemon = state
@@ -138,7 +140,7 @@ def create_app(state: DaemonState) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.method} {request.url.path}; "
-                                           "see /docs for the API"))
+                                           "see /openapi.json for the API"))
         if exc.status_code == 405:
             return error_response(MethodNotAllowed(  # keep Allow: RFC 9110 requires it
                 f"{request.method} is not allowed on {request.url.path}"), exc.headers)

@@ -136,6 +136,7 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
     # Imported here, after the bind: the web stack costs a few hundred milliseconds.
+    from modelctl.daemon.access_log import AccessLog
     from modelctl.daemon.app import Listener, create_app
     from modelctl.daemon.state import DaemonState
 
@@ -143,11 +144,16 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     app = create_app(state)
     servers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
+    by_url: dict[str, tuple[Any, asyncio.Task[None]]] = {}
 
     def serve(sock: socket.socket, kind: str, api_key: str | None) -> None:
-        server = _make_server(Listener(app, state, kind=kind, api_key=api_key))
+        listener: Any = Listener(app, state, kind=kind, api_key=api_key)
+        server = _make_server(AccessLog(listener) if kind == "tcp" else listener)
         servers.append(server)
-        tasks.append(asyncio.get_running_loop().create_task(server.serve(sockets=[sock])))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        tasks.append(task)
+        if kind == "tcp":
+            by_url[tcp_url(sock)] = (server, task)
 
     async def open_listener(host: str, port: int, api_key: str | None) -> str:
         try:
@@ -158,13 +164,20 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
         serve(sock, "tcp", api_key)
         _warn_if_exposed(host, api_key)
         state.http_urls.append(url)
-        status = read_status(settings)
-        if status is not None and status.http is None:
-            write_status(settings, DaemonStatus(**{**status.__dict__, "http": url}))
+        _record_http(settings, state.http_urls)
         log.info("listening on %s", url)
         return url
 
+    async def close_listener(url: str) -> None:
+        server, task = by_url.pop(url)
+        state.http_urls.remove(url)
+        _record_http(settings, state.http_urls)
+        server.should_exit = True  # requests in flight finish, as at shutdown
+        await asyncio.gather(task, return_exceptions=True)
+        log.info("closed the listener on %s", url)
+
     state.open_listener = open_listener
+    state.close_listener = close_listener
     serve(unix, "unix", None)
     if tcp is not None:
         state.http_urls.append(tcp_url(tcp))
@@ -189,6 +202,14 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     await state.close()
     log.info("stopped")
     return 0
+
+
+def _record_http(settings: Settings, urls: list[str]) -> None:
+    """The status file's ``http``: the first TCP listener still open."""
+    status = read_status(settings)
+    first = urls[0] if urls else None
+    if status is not None and status.http != first:
+        write_status(settings, DaemonStatus(**{**status.__dict__, "http": first}))
 
 
 def _make_server(app: Any) -> Any:

@@ -40,6 +40,12 @@ def _import_torch() -> None:
     import torch  # noqa: F401  (the import itself is the work)
 
 
+def _own_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 class DaemonState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -58,6 +64,9 @@ class DaemonState:
         self.preload_status: list[PreloadStatus] = []
         self.http_urls: list[str] = []
         self.open_listener: Callable[[str, int, str | None], Awaitable[str]] | None = None
+        self.close_listener: Callable[[str], Awaitable[None]] | None = None
+        self._said_warming_up = False
+        self.idle_rss: int | None = None  # RSS once torch is imported, before any model
 
     def start(self) -> None:
         """Start background work; call once the socket is bound and the loop runs."""
@@ -96,6 +105,9 @@ class DaemonState:
         if future.exception() is not None:
             log.error("importing torch failed: %s", future.exception())
         else:
+            # Loads wait for torch, so no model is in memory yet: this is the daemon's own
+            # footprint, which `devices` and `daemon status` show beside the models'.
+            self.idle_rss = _own_rss()
             log.info("torch ready after %.2fs", time.monotonic() - self.started)
 
     @property
@@ -104,6 +116,11 @@ class DaemonState:
 
     async def torch_ready(self) -> None:
         assert self._torch is not None, "DaemonState.start() was not called"
+        if not self._torch.done() and not self._said_warming_up:
+            # Said once: the first request that needs torch may wait seconds for it.
+            self._said_warming_up = True
+            log.info("a request waits for torch to finish importing (%.1fs since start)",
+                     time.monotonic() - self.started)
         await asyncio.shield(self._torch)
 
     def default_device(self) -> str:

@@ -158,9 +158,13 @@ def resolve(name: str) -> ModelSpec:
     """``lookup``, raising ``InvalidArgument`` with a hint for an unknown name."""
     spec = lookup(name)
     if spec is None:
+        from modelctl.suggest import did_you_mean
+
+        guess = did_you_mean(name, [*REGISTRY, *ALIASES])
         raise InvalidArgument(
-            f"unknown model {name!r}: `modelctl models` lists the known names; a custom "
-            "model needs properties (Marqo's modelProperties: name, type, dimensions)")
+            f"unknown model {name!r}: {guess + ' ' if guess else ''}`modelctl models` lists "
+            "the known names; a custom model needs properties (Marqo's modelProperties: "
+            "name, type, dimensions)")
     return spec
 
 

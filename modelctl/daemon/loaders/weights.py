@@ -66,14 +66,15 @@ def hub_reachable() -> bool:
 def _not_found(what: str, looked: list[str], offline: bool,
                filename: str | None = None) -> WeightsNotFound:
     why = "offline mode is on" if offline else "the Hugging Face hub cannot be reached"
-    # `huggingface-cli download REPO [FILE]`: the file is a second argument, not a path.
+    # `hf download REPO [FILE]` (huggingface_hub's CLI): the file is a second argument.
     target = f"{what} {filename}" if filename else what
     shown = f"{what}/{filename}" if filename else what
     return WeightsNotFound(
         f"weights for {shown} are not on this machine and {why}; looked in: "
         + "; ".join(looked)
-        + ". Download them where there is network (`huggingface-cli download "
-        f"{target}`) and copy the Hugging Face cache here, or load a local directory by "
+        + ". Download them where there is network (`modelctl pull` with the model's name, "
+        f"or `hf download {target}`) and copy the Hugging Face cache here, or load a local "
+        "directory by "
         "giving its path as the model name (or as properties.localpath)")
 
 
