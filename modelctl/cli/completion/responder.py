@@ -76,7 +76,8 @@ for _command in ("serve", "daemon start"):
                   "--keep-alive"):
         SOURCES[(_command, _flag)] = ""
 # On a cluster (`modelctl cluster`): node names come from no daemon; free text.
-SOURCES.update({("load", "--copies"): "", ("load", "--node"): "", ("eject", "--node"): ""})
+SOURCES.update({("load", "--copies"): "", ("load", "--node"): "", ("eject", "--node"): "",
+                ("stop", "--node"): "", ("unload", "--node"): ""})
 for _command in ("cluster up", "cluster config"):
     for _flag in ("--address", "--http", "--host", "--proxy-location", "--api-key", "--gpus",
                   "--replicas-per-gpu", "--cpu-replicas", "--replica-cpus",
