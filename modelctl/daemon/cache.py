@@ -35,7 +35,6 @@ from modelctl.daemon.batcher import Batcher
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.devices import check_device_present, display_device
 from modelctl.daemon.loaders.base import LoadedModel
-from modelctl.daemon.loaders.registry import ModelSpec
 from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
 from modelctl.errors import (
@@ -44,6 +43,7 @@ from modelctl.errors import (
     ModelNotInCache,
     ServiceUnavailable,
 )
+from modelctl.registry import ModelSpec
 from modelctl.units import format_bytes, iso_from_timestamp
 
 log = logging.getLogger("modelctl.cache")

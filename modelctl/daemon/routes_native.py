@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelctl.daemon.app import LISTENER_KEY, json_bytes
 from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
 from modelctl.daemon.loaders import offline_available, spec_for
-from modelctl.daemon.loaders.registry import REGISTRY, list_registry
 from modelctl.daemon.metrics import CONTENT_TYPE
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import InvalidArgument, ModelNotInCache
+from modelctl.registry import REGISTRY, list_registry
 from modelctl.units import parse_keep_alive
 
 router = APIRouter(prefix="/v1", tags=["native"])

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 
 class LoadedModel(ABC):

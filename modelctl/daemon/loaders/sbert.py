@@ -7,10 +7,12 @@ ours for two reasons: the passes are cut by length (``padding.plan_passes``), wh
 matters when a batch is a mix of many clients' texts, and the attention mask of each
 pass tells how many tokens each text used, without tokenizing twice.
 
-``normalize``: ``None`` (the default) gives what the model's modules give: unit vectors
-when the model ends in ``Normalize`` (all-MiniLM-L6-v2 does), raw ones when it does not.
-``True`` scales to unit length; ``False`` skips a ``Normalize`` module, so the vectors
-are the pooled ones.
+``normalize``: ``None`` (the default) is Marqo's default, unit vectors, whether or not
+the model ends in ``Normalize``. ``True`` is the same; ``False`` skips a ``Normalize``
+module, so the vectors are the pooled ones (Marqo would still run that module).
+
+Marqo's ``test`` type is this model with its vectors cut to the first ``dimensions``
+values, then normalised; ``sbert_onnx`` names run here as the same weights in torch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.padding import pass_limits, plan_passes
 
 if TYPE_CHECKING:
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 
 class SbertModel(LoadedModel):
@@ -49,10 +51,11 @@ class SbertModel(LoadedModel):
         dims = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension
         self._dims = int(dims() or spec.dimensions)
+        self._truncate = spec.truncate if spec.truncate and spec.truncate < self._dims else None
 
     @property
     def dimensions(self) -> int:
-        return self._dims
+        return self._truncate or self._dims
 
     @property
     def max_tokens(self) -> int | None:
@@ -66,7 +69,8 @@ class SbertModel(LoadedModel):
         sizes = self._token_lengths(texts)
         order = sorted(range(len(texts)), key=sizes.__getitem__)
         lengths = [sizes[i] for i in order]
-        vectors = np.empty((len(texts), self._dims), dtype=np.float32)
+        normalize = self.spec.normalize if normalize is None else normalize
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         tokens = [0] * len(texts)
         with torch.inference_mode():
             for start, end in plan_passes(lengths, self._overhead, self._max_pass):
@@ -107,12 +111,12 @@ class SbertModel(LoadedModel):
             features = self.model.tokenize(texts)
         return dict(batch_to_device(features, self.model.device))
 
-    def _forward(self, features: dict[str, Any], normalize: bool | None) -> torch.Tensor:
-        if normalize is False:
+    def _forward(self, features: dict[str, Any], normalize: bool) -> torch.Tensor:
+        if not normalize:
             for module in self._unnormalized:
                 features = module(features)
-            return features["sentence_embedding"]
-        embedded = self.model(features)["sentence_embedding"]
+            return features["sentence_embedding"][:, :self.dimensions]
+        embedded = self.model(features)["sentence_embedding"][:, :self.dimensions]
         if normalize:
             embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
         return embedded

