@@ -249,10 +249,11 @@ def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
 
 def check_dimensions(spec: ModelSpec, model: LoadedModel) -> None:
     """Declared dimensions must be the model's: a mismatch is a 400, nothing stays loaded."""
-    if spec.dimensions and model.dimensions != spec.dimensions:
+    made = model.dimensions
+    if spec.dimensions and made != spec.dimensions:
         model.release()
         raise InvalidArgument(f"{spec.name}: properties.dimensions is {spec.dimensions} but "
-                              f"the model makes vectors of {model.dimensions}")
+                              f"the model makes vectors of {made}")
 
 
 def offline_available(spec: ModelSpec) -> tuple[bool, str | None]:
