@@ -118,8 +118,10 @@ def parse(name: str, props: dict[str, Any], *, custom: bool) -> ModelSpec:
     if reason is not None:
         if custom:
             raise InvalidArgument(reason)
+        tokens = props.get("tokens")
         return ModelSpec(name, str(kind), _int(props, "dimensions", 0), str(props.get("name")),
-                         refused=reason, properties=dict(props))
+                         tokens=tokens if isinstance(tokens, int) else None, refused=reason,
+                         properties=dict(props))
     if kind not in FAMILIES:
         raise InvalidArgument(f"properties.type must be one of {', '.join(FAMILIES)} "
                               f"({', '.join(REFUSED_FAMILIES)} are refused), not {kind!r}")
