@@ -218,9 +218,11 @@ class Client:
             query["force"] = "true"
         return self.request("DELETE", "/v1/models", query=query)
 
-    def registry(self) -> list[dict[str, Any]]:
-        """Every model name the daemon knows, with family, dimensions and offline status."""
-        return self.request("GET", "/v1/registry")["models"]
+    def registry(self, *, offline: bool = True) -> list[dict[str, Any]]:
+        """Every model name the daemon knows, with family, dimensions, Marqo's properties
+        and (unless ``offline=False``, which answers faster) whether weights are here."""
+        path = "/v1/registry" if offline else "/v1/registry?offline=false"
+        return self.request("GET", path)["models"]
 
     def devices(self) -> dict[str, Any]:
         """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""

@@ -79,7 +79,7 @@ def model_names(settings: Settings) -> list[Candidate]:
     else from the one built in.
     """
     def fetch(client: Client) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return client.list_models(), client.registry()
+        return client.list_models(), client.registry(offline=False)
 
     answer = _ask(settings, fetch)
     entries, registry = answer if answer is not None else ([], static_registry() or [])

@@ -133,8 +133,13 @@ async def eject_model(request: Request, name: str | None = Query(None, max_lengt
 
 
 @router.get("/registry", summary="Known model names")
-async def registry(request: Request) -> Response:
+async def registry(request: Request, offline: bool = Query(
+        True, description="say whether each model's weights are on this machine "
+        "(false: faster, available_offline is null)")) -> Response:
     rows = list_registry()
+    if not offline:
+        return json_bytes({"models": [{**row, "available_offline": None, "weights": None}
+                                      for row in rows]})
 
     def with_offline() -> list[dict[str, Any]]:
         for row in rows:

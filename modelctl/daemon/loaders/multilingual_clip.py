@@ -136,7 +136,9 @@ def _load_towers(text_dir: Path, text: torch.nn.Module, projection: torch.nn.Lin
     head = {k.removeprefix("LinearTransformation."): v for k, v in state.items()
             if k.startswith("LinearTransformation.")}
     missing, unexpected = text.load_state_dict(encoder, strict=False)
+    # position_ids are a buffer some exports save and others do not
     missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     if missing or unexpected or set(head) != {"weight", "bias"}:
         raise InvalidArgument(f"{text_dir} does not hold M-CLIP weights for its modelBase "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
