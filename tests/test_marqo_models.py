@@ -132,15 +132,16 @@ def test_custom_hf_defaults_128_tokens_and_reads_pooling_from_the_model(
     assert_close(embed(daemon, "mine-hf-cls-config", TEXTS), hf_reference(TEXTS, 128, "cls"))
 
 
+@pytest.mark.parametrize("tokens", [64, 300])  # 300: above the model's own 256, as Marqo
 def test_missing_type_is_sbert_with_tokens(daemon: Daemon, loaded: list[str],
-                                           sbert_reference: Any) -> None:
-    loaded.append("mine-untyped")
-    daemon.client.load_model("mine-untyped", "cpu",
-                             properties={"name": minilm_path(), "tokens": 64})
-    entry = next(e for e in daemon.client.list_models() if e["name"] == "mine-untyped")
+                                           sbert_reference: Any, tokens: int) -> None:
+    name = f"mine-untyped-{tokens}"
+    loaded.append(name)
+    daemon.client.load_model(name, "cpu", properties={"name": minilm_path(), "tokens": tokens})
+    entry = next(e for e in daemon.client.list_models() if e["name"] == name)
     assert entry["family"] == "sbert" and entry["source"] == minilm_path()
-    assert entry["properties"] == {"name": minilm_path(), "tokens": 64}
-    assert_close(embed(daemon, "mine-untyped", TEXTS), sbert_reference(TEXTS, 64))
+    assert entry["properties"] == {"name": minilm_path(), "tokens": tokens}
+    assert_close(embed(daemon, name, TEXTS), sbert_reference(TEXTS, tokens))
 
 
 def test_test_type_cuts_to_its_dimensions(daemon: Daemon, loaded: list[str],
@@ -237,3 +238,28 @@ def test_input_type_applies_the_models_prefixes(daemon: Daemon, loaded: list[str
     assert np.allclose(np.array(json.loads(out)["embedding"]), document[0], atol=1e-6)
     both = daemon.cli("embed", "mine-prefixed", "x", "--query", "--document")
     assert both.returncode != 0
+
+
+def test_url_to_a_local_archive_of_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           sbert_reference: Any) -> None:
+    import tarfile
+
+    from modelctl.daemon import loaders
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    archive = tmp_path / "minilm.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(minilm_path(), arcname="minilm")
+    spec = loaders.spec_for("archived", {"type": "sbert", "url": f"file://{archive}",
+                                         "dimensions": 384}, local_paths=True)
+    model = loaders.load(spec, "cpu", offline=True)
+    try:
+        got, _ = model.encode_texts(TEXTS[:2], None)
+        assert_close(got, sbert_reference(TEXTS[:2], 256))
+    finally:
+        model.release()
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not an archive")
+    with pytest.raises(InvalidArgument, match="cannot extract"):
+        loaders.load(loaders.spec_for("broken", {"type": "sbert", "url": f"file://{broken}"},
+                                      local_paths=True), "cpu", offline=True)

@@ -39,8 +39,9 @@ class SbertModel(LoadedModel):
                                          local_files_only=True)
         self.model.eval()
         if spec.tokens:
-            self.model.max_seq_length = min(self.model.max_seq_length or spec.tokens,
-                                            spec.tokens)
+            # Marqo sets max_seq_length = tokens, above the model's own setting too
+            # (all-MiniLM-L12-v2: 256 over its 128); only the position table bounds it.
+            self.model.max_seq_length = min(spec.tokens, _positions(self.model) or spec.tokens)
         modules = list(self.model.children())
         # By class name: the class has moved between sentence-transformers versions.
         self._unnormalized = [m for m in modules if type(m).__name__ != "Normalize"]
@@ -120,3 +121,15 @@ class SbertModel(LoadedModel):
         if normalize:
             embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
         return embedded
+
+
+def _positions(model: SentenceTransformer) -> int | None:
+    """How many positions the model's transformer has (minus the padding offset some use)."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    # RoBERTa-style models start positions after the padding index.
+    offset = (getattr(config, "pad_token_id", 0) or 0) + 1 \
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "mpnet") else 0
+    return positions - offset

@@ -9,11 +9,12 @@ place that was looked in and how to put weights there.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
-from modelctl.errors import WeightsNotFound
+from modelctl.errors import InvalidArgument, WeightsNotFound
 from modelctl.registry import PACKAGED_WEIGHTS as _PACKAGED
 
 _HUB_HOST = ("huggingface.co", 443)
@@ -80,6 +81,8 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
     if local.is_absolute() or repo_id.startswith("."):
         if local.is_dir():
             return local
+        if local.is_file():
+            return extracted_archive(local)
         raise WeightsNotFound(f"no model directory at {local}")
     packaged = packaged_weights(repo_id)
     if packaged is not None:
@@ -133,3 +136,43 @@ def resolve_local_file(path: str) -> Path:
     if not local.exists():
         raise WeightsNotFound(f"no checkpoint at {local}")
     return local
+
+
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def extracted_archive(path: Path) -> Path:
+    """A model directory from a local archive (Marqo's ``url`` for sbert and hf models),
+    extracted once into the cache, keyed by the archive's path, size and mtime.
+
+    Tar members are filtered as data (no links out, no device files, no absolute paths);
+    zip's extractor already keeps members inside the target.
+    """
+    import hashlib
+    import tarfile
+    import zipfile
+
+    if not path.name.endswith(_ARCHIVE_SUFFIXES):
+        raise WeightsNotFound(f"{path} is a file, not a model directory or an archive of one "
+                              f"({', '.join(_ARCHIVE_SUFFIXES)})")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelctl"
+    target = root / "archives" / key.hexdigest()[:24]
+    if not target.is_dir():
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        partial.mkdir(parents=True, exist_ok=True)
+        try:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(partial)
+            else:
+                with tarfile.open(path) as archive:
+                    archive.extractall(partial, filter="data")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise InvalidArgument(f"cannot extract the archive {path}: {exc}") from exc
+        os.replace(partial, target)
+    # An archive of one folder holds the model in that folder.
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
