@@ -4,7 +4,8 @@ small random models built here (their real weights are not on this machine).
 The image tensor the model is fed must equal what Marqo's checkpoint preprocessing
 makes: the ``imagePreprocessor``'s base (OpenCLIP/OpenAI: OpenAI's mean/std, bicubic,
 shortest-side resize; SigLIP: 0.5s, bicubic, squash; CLIPA: ImageNet's, bilinear,
-squash), ``mean``/``std``/``size`` laid over it, size 224 unless given.
+squash), ``mean``/``std``/``size`` laid over it. Without ``size`` Marqo uses 224, which
+fails on a model of another input size; modelctl uses the model's own (32 here).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def marqo_transform(preprocessor: str, overrides: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize(("extra", "preprocessor", "overrides"), [
-    ({}, "OpenCLIP", {}),
+    ({}, "OpenCLIP", {"size": 32}),
     ({"imagePreprocessor": "SigLIP", "size": 32}, "SigLIP", {"size": 32}),
     ({"imagePreprocessor": "CLIPA", "mean": [0.1, 0.2, 0.3], "std": [0.9, 0.8, 0.7],
       "size": 40}, "CLIPA", {"mean": (0.1, 0.2, 0.3), "std": (0.9, 0.8, 0.7), "size": 40}),

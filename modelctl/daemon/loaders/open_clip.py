@@ -23,6 +23,7 @@ import numpy as np
 import open_clip
 import torch
 
+from modelctl.daemon.loaders import is_local_path
 from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.weights import resolve_hub_dir, resolve_hub_file
 from modelctl.errors import InvalidArgument, WeightsNotFound
@@ -43,12 +44,11 @@ class OpenClipModel(LoadedModel):
         model_name, pretrained = _locate(spec, offline)
         precision = spec.precision if device.startswith("cuda") else "fp32"
         try:
-            if spec.custom and pretrained is not None and not model_name.startswith(
-                    "local-dir:"):
+            if _from_checkpoint(spec) and pretrained is not None:
                 model = open_clip.create_model(model_name, pretrained=pretrained,
                                                precision=precision, jit=spec.jit,
                                                device=device, weights_only=True)
-                preprocess = marqo_checkpoint_preprocess(spec)
+                preprocess = marqo_checkpoint_preprocess(spec, _image_size(model))
             else:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=pretrained, precision=precision, device=device,
@@ -166,8 +166,8 @@ def _locate(spec: ModelSpec, offline: bool) -> tuple[str, str | None]:
         if not filename:
             return f"local-dir:{resolve_hub_dir(repo_id, offline)}", None
         return source, str(resolve_hub_file(repo_id, [filename], offline))
-    if spec.custom:
-        return _locate_custom(spec)
+    if spec.custom and (spec.pretrained is None or is_local_path(spec.pretrained)):
+        return _locate_custom(spec)  # a checkpoint; else an arch and open_clip's tag
     if spec.pretrained is None:
         return source, None
     cfg = open_clip.get_pretrained_cfg(source, spec.pretrained)
@@ -221,14 +221,32 @@ def _register_config(path: Path) -> None:
     open_clip.add_model_config(path)
 
 
-def marqo_checkpoint_preprocess(spec: ModelSpec) -> Any:
-    """Marqo's image transform for a checkpoint: base config by preprocessor, then overrides."""
+def _from_checkpoint(spec: ModelSpec) -> bool:
+    """A custom model whose weights are one checkpoint file (``localpath``, ``url``,
+    ``modelLocation``): Marqo builds its preprocessing from the properties."""
+    return spec.custom and bool(spec.extra.get("hf_file") or (
+        spec.pretrained and is_local_path(spec.pretrained)))
+
+
+def _image_size(model: torch.nn.Module) -> int | None:
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if isinstance(size, int) else None
+
+
+def marqo_checkpoint_preprocess(spec: ModelSpec, model_size: int | None) -> Any:
+    """Marqo's image transform for a checkpoint: base config by preprocessor, then overrides.
+
+    Without ``size`` Marqo resizes to 224 whatever the model takes, which fails on any
+    other input size; modelctl uses the model's own size there instead.
+    """
     from open_clip import pretrained
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     bases = {"OpenCLIP": pretrained._pcfg, "OpenAI": pretrained._pcfg,
              "SigLIP": pretrained._slpcfg, "CLIPA": pretrained._apcfg}
     base = bases[spec.image_preprocessor or "OpenCLIP"]()
-    overlay = {"mean": spec.mean, "std": spec.std, "size": spec.size}
+    overlay = {"mean": spec.mean, "std": spec.std, "size": spec.size or model_size}
     config = PreprocessCfg(**merge_preprocess_dict(base, overlay))
     return image_transform_v2(config, is_train=False)
