@@ -96,10 +96,9 @@ def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> Mode
     elif checkpoint is not None:
         source = checkpoint  # Marqo: a local directory of the model
     elif hf_file is not None:
-        source = hf_file[0] if not hf_file[1] else source
-        if hf_file[1]:
-            raise InvalidArgument("properties.modelLocation.hf.filename: an sbert or hf "
-                                  "model is a whole repository; give repoId alone")
+        source = hf_file[0]
+        if hf_file[1]:  # an archive of the model in that repository (Marqo's zip)
+            extra["hf_file"] = hf_file
     if spec.family in ("clip", "open_clip") and pretrained is None and not extra \
             and "/" not in spec.source and hub_id(source) is None:
         raise InvalidArgument(f"custom {spec.family} model {name!r} needs its weights: "
@@ -224,8 +223,6 @@ def load(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
 
 
 def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
-    from modelctl.daemon.loaders.weights import resolve_hub_dir
-
     if spec.family in ("random", "no_model"):
         from modelctl.daemon.loaders.synthetic import NoModel, RandomModel
 
@@ -233,11 +230,11 @@ def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
     if spec.family in ("sbert", "sbert_onnx", "test"):
         from modelctl.daemon.loaders.sbert import SbertModel
 
-        return SbertModel(spec, device, resolve_hub_dir(spec.source, offline))
+        return SbertModel(spec, device, _model_dir(spec, offline))
     if spec.family == "hf":
         from modelctl.daemon.loaders.hf import HfModel
 
-        return HfModel(spec, device, resolve_hub_dir(spec.source, offline))
+        return HfModel(spec, device, _model_dir(spec, offline))
     if spec.family == "multilingual_clip":
         from modelctl.daemon.loaders.multilingual_clip import MultilingualClipModel
 
@@ -245,6 +242,19 @@ def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
     from modelctl.daemon.loaders.open_clip import OpenClipModel
 
     return OpenClipModel(spec, device, offline)
+
+
+def _model_dir(spec: ModelSpec, offline: bool) -> Path:
+    from modelctl.daemon.loaders.weights import (
+        extracted_archive,
+        resolve_hub_dir,
+        resolve_hub_file,
+    )
+
+    hf_file = spec.extra.get("hf_file")
+    if hf_file is not None:
+        return extracted_archive(resolve_hub_file(hf_file[0], [hf_file[1]], offline))
+    return resolve_hub_dir(spec.source, offline)
 
 
 def check_dimensions(spec: ModelSpec, model: LoadedModel) -> None:
