@@ -30,11 +30,11 @@ from modelctl.registry.spec import (
 )
 
 __all__ = ["ALIASES", "CLIP_FAMILIES", "DEFAULT_MODEL", "FAMILIES", "HF_HUB_PREFIX",
-           "MARQO_RECORDS", "PACKAGED_WEIGHTS", "REFUSED_FAMILIES", "REGISTRY", "ModelSpec",
+           "RECORDS", "PACKAGED_WEIGHTS", "REFUSED_FAMILIES", "REGISTRY", "ModelSpec",
            "all_names", "hub_id", "list_registry", "lookup", "parse", "resolve"]
 
 _DATA = Path(__file__).parent
-MARQO_VERSION = "2.13.0"
+REGISTRY_VERSION = "2.13.0"  # the Marqo release the names and properties come from
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -43,14 +43,14 @@ def _read(name: str) -> dict[str, Any]:
     return data
 
 
-MARQO_RECORDS: dict[str, dict[str, Any]] = _read("marqo-2.13.json")
+RECORDS: dict[str, dict[str, Any]] = _read("marqo-2.13.json")
 _OWN = _read("modelctl.json")
 PACKAGED_WEIGHTS: dict[str, str] = _OWN["packaged_weights"]
 _APPROX_MB: dict[str, int] = _OWN["approx_mb_by_source"]
 
 
 def _build() -> tuple[dict[str, ModelSpec], dict[str, str]]:
-    records = {**MARQO_RECORDS, **_OWN["extra_models"]}
+    records = {**RECORDS, **_OWN["extra_models"]}
     aliases: dict[str, str] = {
         name: props["name"] for name, props in records.items()
         if props.get("name") != name and records.get(props.get("name", "")) == props}
