@@ -22,8 +22,6 @@ LOCK_NAME = "modelctl.lock"
 STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
 
 @dataclass(frozen=True)
 class PreloadItem:

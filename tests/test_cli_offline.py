@@ -328,7 +328,7 @@ def test_completion_request_is_silent_and_light(runtime_dir: Path) -> None:
 
 
 def test_completion_of_a_bad_line_is_empty(runtime_dir: Path) -> None:
-    from modelctl.cli.complete import candidates, split_line
+    from modelctl.cli.completion.responder import candidates, split_line
 
     assert split_line("modelctl eject 'org/ti") == (["modelctl", "eject"], "org/ti")
     assert split_line("modelctl eject ") == (["modelctl", "eject"], "")

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
+    from modelctl.wire import DevicesReport
+
 DEVICE_COLUMNS: list[output.Column] = [
     ("DEVICE", "left"), ("NAME", "left"), ("MEMORY", "left"), ("USED", "right"),
     ("TOTAL", "right"), ("MODELS", "right"), ("BUDGET", "right"), ("UTIL", "right"),
@@ -34,7 +36,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def device_rows(info: dict[str, Any]) -> list[list[Any]]:
+def device_rows(info: DevicesReport) -> list[list[Any]]:
     cpu = info.get("cpu") or {}
     rows: list[list[Any]] = [[
         "cpu", f"{cpu.get('cores', '?')} cores",
@@ -54,7 +56,7 @@ def device_rows(info: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def devices_table(info: dict[str, Any]) -> Table:
+def devices_table(info: DevicesReport) -> Table:
     caption = None
     if not info.get("cuda_available") and info.get("cuda_error"):
         caption = f"cuda: {info['cuda_error']}"

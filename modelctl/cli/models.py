@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +24,9 @@ from modelctl.cli.state import State, get_state, static_registry
 from modelctl.errors import DaemonNotRunning, ModelNotInCache
 from modelctl.units import format_bytes
 
+if TYPE_CHECKING:
+    from modelctl.wire import CacheEntry
+
 # A load may download weights first: give it an hour before the CLI gives up waiting.
 LOAD_TIMEOUT = 3600.0
 
@@ -33,15 +37,16 @@ ENTRY_COLUMNS: list[output.Column] = [
 ]
 
 
-def entry_size(entry: dict[str, Any]) -> int | None:
+def entry_size(entry: CacheEntry) -> int | None:
     """What the copy costs where it lives: allocator bytes on cuda, parameter bytes on cpu."""
-    if str(entry.get("device", "")).startswith("cuda") and entry.get("device_bytes") is not None:
-        return int(entry["device_bytes"])
+    device_bytes = entry.get("device_bytes")
+    if str(entry.get("device", "")).startswith("cuda") and device_bytes is not None:
+        return int(device_bytes)
     size = entry.get("bytes")
     return int(size) if size is not None else None
 
 
-def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
+def entry_expiry(entry: CacheEntry, now: datetime) -> str:
     """When keep-alive ejects it: never (pinned or no keep-alive), not while in use."""
     if entry.get("pinned") or entry.get("keep_alive") is None:
         return "never"
@@ -50,13 +55,13 @@ def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
     return output.until(entry.get("expires_at"), now)
 
 
-def entry_family(entry: dict[str, Any]) -> str:
+def entry_family(entry: Mapping[str, Any]) -> str:
     """Marqo's type; ``(torch)`` when Marqo runs the name in another engine (ONNX)."""
     family = str(entry.get("family") or "-")
     return f"{family} (torch)" if entry.get("marqo_engine") else family
 
 
-def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
+def entry_row(entry: CacheEntry, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
@@ -69,12 +74,12 @@ def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
     ]
 
 
-def print_entries(entries: list[dict[str, Any]]) -> None:
+def print_entries(entries: list[CacheEntry]) -> None:
     now = datetime.now(UTC)
     output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
 
 
-def _loaded(state: State) -> list[dict[str, Any]] | None:
+def _loaded(state: State) -> list[CacheEntry] | None:
     """The loaded entries, or ``None`` when no daemon runs on this user's socket."""
     if state.surely_no_daemon():
         return None

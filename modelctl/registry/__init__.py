@@ -29,13 +29,12 @@ from modelctl.registry.spec import (
     parse,
 )
 
-__all__ = ["ALIASES", "CLIP_FAMILIES", "DEFAULT_MODEL", "FAMILIES", "HF_HUB_PREFIX",
-           "RECORDS", "PACKAGED_WEIGHTS", "REFUSED_FAMILIES", "REGISTRY", "ModelSpec",
-           "all_names", "hub_id", "list_registry", "lookup", "parse", "resolve"]
+__all__ = ["ALIASES", "CLIP_FAMILIES", "FAMILIES", "HF_HUB_PREFIX", "PACKAGED_WEIGHTS",
+           "RECORDS", "REFUSED_FAMILIES", "REGISTRY", "ModelSpec", "hub_id", "list_registry",
+           "lookup", "parse", "resolve"]
 
 _DATA = Path(__file__).parent
 REGISTRY_VERSION = "2.13.0"  # the Marqo release the names and properties come from
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -110,7 +109,3 @@ def list_registry() -> list[dict[str, Any]]:
         for spec in REGISTRY.values()
     ]
 
-
-def all_names() -> list[str]:
-    """Every name and alias, for completion."""
-    return list(REGISTRY) + sorted(ALIASES)

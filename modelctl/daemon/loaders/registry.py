@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from modelctl.registry import (
     ALIASES,
-    DEFAULT_MODEL,
     FAMILIES,
     REGISTRY,
     ModelSpec,
-    all_names,
     list_registry,
     lookup,
     resolve,
 )
 
-__all__ = ["ALIASES", "DEFAULT_MODEL", "FAMILIES", "REGISTRY", "ModelSpec", "all_names",
-           "list_registry", "lookup", "resolve"]
+__all__ = ["ALIASES", "FAMILIES", "REGISTRY", "ModelSpec", "list_registry", "lookup",
+           "resolve"]

@@ -1,7 +1,7 @@
 """The command tree, for shell completion (generated: do not edit).
 
 Written by ``scripts/gen-completions`` from every command's ``--help``
-(``modelctl.cli.surface``), so that completion never imports typer (complete.py).
+(``scripts/cli_surface.py``), so that completion never imports typer (responder.py).
 """
 # ruff: noqa: E501
 
