@@ -306,9 +306,11 @@ class Client:
             query["force"] = "true"
         return self.request("DELETE", "/v1/models", query=query)
 
-    def registry(self) -> list[dict[str, Any]]:
-        """Every model name the daemon knows, with family, dimensions and offline status."""
-        return self.request("GET", "/v1/registry")["models"]
+    def registry(self, *, offline: bool = True) -> list[dict[str, Any]]:
+        """Every model name the daemon knows, with family, dimensions, Marqo's properties
+        and (unless ``offline=False``, which answers faster) whether weights are here."""
+        path = "/v1/registry" if offline else "/v1/registry?offline=false"
+        return self.request("GET", path)["models"]
 
     def devices(self) -> DevicesReport:
         """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""
@@ -316,20 +318,25 @@ class Client:
 
     def embeddings(self, model: str, input: str | Sequence[str], *, device: str | None = None,
                    normalize: bool | None = None, encoding_format: str | None = None,
-                   ) -> dict[str, Any]:
-        """``POST /v1/embeddings`` as the OpenAI API defines it, plus ``device``/``normalize``."""
+                   input_type: str | None = None) -> dict[str, Any]:
+        """``POST /v1/embeddings`` as the OpenAI API defines it, plus ``device``,
+        ``normalize`` and ``input_type`` (``query``/``document``: the model's prefixes)."""
         body: dict[str, Any] = {"model": model, "input": input}
         for key, value in (("device", device), ("normalize", normalize),
-                           ("encoding_format", encoding_format)):
+                           ("encoding_format", encoding_format), ("input_type", input_type)):
             if value is not None:
                 body[key] = value
         return self.request("POST", "/v1/embeddings", body=body)
 
     def embed(self, model: str, inputs: Sequence[str], *, device: str | None = None,
-              normalize: bool | None = None) -> list[list[float]]:
-        """Embeddings of ``inputs`` (texts, or ``data:image/...;base64,`` strings) in order."""
+              normalize: bool | None = None, input_type: str | None = None,
+              ) -> list[list[float]]:
+        """Embeddings of ``inputs`` (texts, or ``data:image/...;base64,`` strings) in order.
+
+        ``input_type`` ``"query"`` or ``"document"`` puts the model's query or document
+        prefix (e5's ``query: ``, bge's instruction) before each text."""
         reply = self.embeddings(model, list(inputs), device=device, normalize=normalize,
-                                encoding_format="base64")
+                                encoding_format="base64", input_type=input_type)
         return [decode_base64_embedding(item["embedding"]) for item in reply["data"]]
 
     def metrics(self) -> str:

@@ -16,7 +16,13 @@ class CacheEntry(TypedDict):
     name: str
     canonical_name: str
     device: str
-    family: str
+    family: str  # Marqo's type
+    source: str  # where the weights come from: hub id, directory or open_clip arch
+    engine: str  # what runs it here ("torch")
+    marqo_engine: str | None  # what Marqo runs for the name when it differs ("onnx")
+    precision: str
+    custom: bool
+    properties: dict[str, Any]  # the modelProperties it was loaded with
     dimensions: int
     modalities: list[str]
     state: str  # "loading", "ready" or "ejecting"

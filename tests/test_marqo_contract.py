@@ -151,7 +151,7 @@ def test_list_in_load_order_once_per_device(clean: Served, tiny_clip: dict[str, 
     c = clean.client
     c.load_model("tiny-clip", "cpu", properties=tiny_clip)
     c.load_model(HF_MINILM, "cpu")
-    c.load_model(MINILM, "CPU")  # an alias of the same model on the same device: one entry
+    c.load_model(HF_MINILM, "CPU")  # the same model on the same device: one entry
     clean.assert_json("GET", "/models", 200, {"models": [
         {"model_name": "tiny-clip", "model_device": "cpu"},
         {"model_name": HF_MINILM, "model_device": "cpu"}]})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -59,11 +60,17 @@ def entry_expiry(entry: CacheEntry, now: datetime) -> str:
     return output.until(entry.get("expires_at"), now)
 
 
+def entry_family(entry: Mapping[str, Any]) -> str:
+    """Marqo's type; ``(torch)`` when Marqo runs the name in another engine (ONNX)."""
+    family = str(entry.get("family") or "-")
+    return f"{family} (torch)" if entry.get("marqo_engine") else family
+
+
 def entry_row(entry: CacheEntry, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
-        str(entry.get("name")), str(entry.get("device")), str(entry.get("family") or "-"),
+        str(entry.get("name")), str(entry.get("device")), entry_family(entry),
         str(entry.get("dimensions") or "-"), str(entry.get("state") or "-"),
         format_bytes(entry_size(entry)), output.ago(entry.get("loaded_at"), now),
         output.ago(entry.get("last_used_at"), now), str(entry.get("requests", 0)),
@@ -307,7 +314,8 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     offline = {True: "yes", False: "no", None: "?"}
     output.print_table(REGISTRY_COLUMNS, [
-        [str(e.get("name")), str(e.get("family") or "-"), str(e.get("dimensions") or "-"),
-         ",".join(e.get("modalities") or ()) or "-", offline.get(e.get("available_offline"), "?"),
+        [str(e.get("name")), entry_family(e), str(e.get("dimensions") or "-"),
+         ",".join(e.get("modalities") or ()) or "-",
+         "refused" if e.get("refused") else offline.get(e.get("available_offline"), "?"),
          ", ".join(e.get("aliases") or ()) or "-"]
         for e in entries], drop=("ALIASES", "MODALITIES", "OFFLINE", "DIM"))

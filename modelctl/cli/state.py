@@ -109,13 +109,13 @@ def get_state(ctx: typer.Context) -> State:
 
 
 def static_registry() -> list[dict[str, Any]] | None:
-    """The registry shipped with the daemon's loaders, without asking a daemon.
+    """The registry shipped with modelctl, without asking a daemon.
 
-    ``modelctl.daemon.loaders.registry`` is pure data (stdlib only). Whether weights are on
+    ``modelctl.registry`` is data read with the stdlib. Whether weights are on
     this machine is the daemon's to say, so ``available_offline`` is ``None`` here.
     """
     try:
-        from modelctl.daemon.loaders.registry import list_registry
+        from modelctl.registry import list_registry
     except ImportError:
         return None
     return [{**entry, "available_offline": None} for entry in list_registry()]

@@ -35,7 +35,6 @@ from modelctl.daemon.batcher import Batcher
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.devices import check_device_present, display_device
 from modelctl.daemon.loaders.base import LoadedModel
-from modelctl.daemon.loaders.registry import ModelSpec
 from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
 from modelctl.errors import (
@@ -44,6 +43,7 @@ from modelctl.errors import (
     ModelNotInCache,
     ServiceUnavailable,
 )
+from modelctl.registry import ModelSpec
 from modelctl.units import format_bytes, iso_from_timestamp
 from modelctl.wire import CacheEntry, EjectedModel
 
@@ -107,9 +107,14 @@ class Entry:
 
     def describe(self) -> CacheEntry:
         model = self.model
+        spec = self.spec
         return {
-            "name": self.name, "canonical_name": self.spec.name, "device": self.device,
-            "family": self.spec.family,
+            "name": self.name, "canonical_name": spec.name, "device": self.device,
+            "family": spec.family, "source": spec.source, "engine": spec.engine,
+            "marqo_engine": spec.marqo_engine,
+            # fp16 is a cuda precision; on cpu the weights stay fp32 (as Marqo's fp16_clip)
+            "precision": spec.precision if self.device.startswith("cuda") else "fp32",
+            "custom": spec.custom, "properties": spec.properties,
             "dimensions": model.dimensions if model is not None else self.spec.dimensions,
             "modalities": list(self.spec.modalities), "state": self.state,
             "bytes": self.bytes, "device_bytes": self.device_bytes,
@@ -119,6 +124,32 @@ class Entry:
             "in_flight": self.leases, "pinned": self.pinned, "keep_alive": self.keep_alive,
             "expires_at": iso_from_timestamp(self.expires_at),
         }
+
+
+_NOTES = ("note", "notes")
+
+
+def property_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The modelProperties fields whose values differ (notes aside)."""
+    keys = sorted((set(old) | set(new)) - set(_NOTES))
+    return [key for key in keys if old.get(key) != new.get(key)]
+
+
+def _check_same_model(entry: Entry, spec: ModelSpec) -> None:
+    """One name is one model: other properties for a loaded name are a 409, never the
+    first copy served in their place (Marqo keys its cache on name and properties)."""
+    differing = property_differences(entry.spec.properties, spec.properties)
+    if not differing and (entry.spec.source, entry.spec.pretrained, entry.spec.extra) != \
+            (spec.source, spec.pretrained, spec.extra):
+        differing = ["source"]
+    if differing:
+        shown = ", ".join(f"{key} ({entry.spec.properties.get(key)!r} loaded, "
+                          f"{spec.properties.get(key)!r} asked)" if key != "source"
+                          else f"source ({entry.spec.source!r} loaded, {spec.source!r} asked)"
+                          for key in differing[:5])
+        raise CacheManagementError(
+            f"{spec.name} is loaded on {entry.device} with other properties: {shown}; "
+            "eject it first, or load these properties under another name")
 
 
 @dataclass
@@ -170,6 +201,8 @@ class ModelCache:
             if self._closing:
                 raise ServiceUnavailable("the daemon is shutting down")
             entry = self.entries.get((spec.name, device))
+            if entry is not None and entry.spec is not spec:
+                _check_same_model(entry, spec)
             if entry is None:
                 entry = self._start_load(spec, device, name or spec.name, bool(pin),
                                          self.default_keep_alive if keep_alive == "default"

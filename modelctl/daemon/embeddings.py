@@ -15,7 +15,7 @@ import base64
 import functools
 import json
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from modelctl.config import Limits
     from modelctl.daemon.batcher import Batcher
     from modelctl.daemon.cache import Entry
+    from modelctl.daemon.loaders.base import LoadedModel
+    from modelctl.registry import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -51,6 +53,9 @@ class EmbeddingsRequest(BaseModel):
     device: str | None = Field(None, max_length=32)
     normalize: bool | None = Field(None, description="default: what the model was trained "
                                    "for (see README)")
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="query or document: put the model's text_query_prefix or "
+        "text_chunk_prefix before each text (e5, bge, ...); absent: texts as given")
 
 
 @router.post("/embeddings", summary="Embed texts or images (OpenAI-compatible)")
@@ -63,11 +68,15 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
     entry = await _entry_for(state, request, body)
     if images and "image" not in entry.spec.modalities:
         raise InvalidArgument(f"{body.model} embeds text only; images need a CLIP model")
+    inputs = with_prefix(entry.spec, inputs, images, body.input_type)
     async with state.cache.lease(entry) as held:
         # The lease covers the queued and batched work: eject waits for it.
-        assert held.batcher is not None
+        assert held.batcher is not None and held.model is not None
         batcher, queue = held.batcher, limits.max_queue_items
-        if not images:
+        if held.model.whole_request:
+            vectors, tokens = await _whole_request(held.model, inputs, images, limits,
+                                                   single=isinstance(body.input, str))
+        elif not images:
             vectors, tokens = await batcher.embed("text", inputs, body.normalize,
                                                   max_queue=queue)
         elif len(images) == len(inputs):
@@ -82,6 +91,29 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
         content = render(body.model, vectors, sum(tokens), body.encoding_format)
     state.metrics.embedded(entry, len(inputs), time.perf_counter() - started)
     return Response(content, media_type="application/json")
+
+
+def with_prefix(spec: ModelSpec, inputs: list[str], images: list[int],
+                input_type: str | None) -> list[str]:
+    """Texts with the model's query or document prefix (Marqo's text_query_prefix and
+    text_chunk_prefix); images and requests without ``input_type`` as given."""
+    prefix = {"query": spec.query_prefix, "document": spec.chunk_prefix}.get(input_type or "")
+    if not prefix:
+        return inputs
+    skip = set(images)
+    return [text if i in skip else prefix + text for i, text in enumerate(inputs)]
+
+
+async def _whole_request(model: LoadedModel, inputs: list[str], images: list[int],
+                         limits: Limits, *, single: bool) -> tuple[np.ndarray, list[int]]:
+    """A model whose vectors depend on the whole call (Marqo's ``random``): one call per
+    request, never batched with other requests."""
+    items: list[Any] = list(inputs)
+    if images:
+        pictures = await asyncio.to_thread(decode_images, [inputs[i] for i in images], limits)
+        for row, picture in zip(images, pictures, strict=True):
+            items[row] = picture
+    return model.encode_request(items, single), [0] * len(items)
 
 
 def _check_limits(inputs: list[str], limits: Limits) -> list[int]:

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelctl.daemon.app import LISTENER_KEY, json_bytes
 from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
 from modelctl.daemon.loaders import offline_available, spec_for
-from modelctl.daemon.loaders.registry import REGISTRY, list_registry
 from modelctl.daemon.metrics import CONTENT_TYPE
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import InvalidArgument, ModelNotInCache, NotFound
+from modelctl.registry import REGISTRY, list_registry
 from modelctl.units import parse_iso, parse_keep_alive
 from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
 
@@ -167,8 +167,13 @@ async def eject_model(request: Request, name: str | None = Query(None, max_lengt
 
 
 @router.get("/registry", summary="Known model names")
-async def registry(request: Request) -> Response:
+async def registry(request: Request, offline: bool = Query(
+        True, description="say whether each model's weights are on this machine "
+        "(false: faster, available_offline is null)")) -> Response:
     rows = list_registry()
+    if not offline:
+        return json_bytes({"models": [{**row, "available_offline": None, "weights": None}
+                                      for row in rows]})
 
     def with_offline() -> list[dict[str, Any]]:
         for row in rows:

@@ -21,9 +21,9 @@ from modelctl.daemon.budget import Budgets
 from modelctl.daemon.cache import Entry, ModelCache
 from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
 from modelctl.daemon.loaders import spec_for
-from modelctl.daemon.loaders.registry import lookup
 from modelctl.daemon.metrics import Metrics
 from modelctl.errors import ApiError
+from modelctl.registry import lookup
 from modelctl.wire import PreloadStatus
 
 log = logging.getLogger("modelctl.daemon")

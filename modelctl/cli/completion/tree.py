@@ -166,7 +166,9 @@ TREE: dict[str, dict[str, Any]] = {
         'options': [
             [['--image'], 'FILE', 'An image file to embed (CLIP models); repeatable.'],
             [['-d', '--device'], 'DEVICE', "cpu, cuda or cuda:N [default: the daemon's (cuda when present, else cpu)]"],
-            [['--normalize', '--no-normalize'], None, "Scale each embedding to unit length [default: the model's own setting]."],
+            [['--normalize', '--no-normalize'], None, 'Scale each embedding to unit length [default: yes, as Marqo].'],
+            [['--query'], None, "Texts are search queries: put the model's query prefix before each (e5's `query: `, bge's instruction)."],
+            [['--document'], None, "Texts are documents: put the model's document prefix before each (e5's `passage: `)."],
             [['-o', '--output'], 'FILE.npy', 'Write a float32 matrix (one row per input) instead of JSON lines.'],
             [['--batch-size'], 'N', 'Inputs per request.  [default: 64; 1<=x<=2048]'],
             [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr, and an error is a JSON document there).'],

