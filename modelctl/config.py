@@ -43,6 +43,10 @@ class Limits:
     max_text_chars: int = 100_000
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 40_000_000
+    # Decoded images take 4 bytes a pixel (RGB is stored as RGBX) and more on the way:
+    # 100 Mpixels is a few big photographs, and well under a GiB decoded.
+    max_request_pixels: int = 100_000_000
+    max_inflight_pixels: int = 200_000_000
     max_queue_items: int = 8192
 
 
@@ -119,17 +123,31 @@ def default_runtime_dir(env: Mapping[str, str]) -> Path:
 
 
 def _limits(env: Mapping[str, str]) -> Limits:
-    """``MODELCTL_MAX_QUEUE``: inputs a model's batcher may hold waiting (past it, 429)."""
-    raw = env.get("MODELCTL_MAX_QUEUE")
+    """``MODELCTL_MAX_QUEUE``: inputs a model's batcher may hold waiting (past it, 429);
+    ``MODELCTL_MAX_REQUEST_PIXELS``: image pixels one request may send (past it, 413);
+    the pixels all requests in flight may hold are twice that."""
+    given: dict[str, int] = {}
+    queue = _whole_number(env, "MODELCTL_MAX_QUEUE")
+    if queue is not None:
+        given["max_queue_items"] = queue
+    pixels = _whole_number(env, "MODELCTL_MAX_REQUEST_PIXELS")
+    if pixels is not None:
+        given["max_request_pixels"] = pixels
+        given["max_inflight_pixels"] = 2 * pixels
+    return Limits(**given)
+
+
+def _whole_number(env: Mapping[str, str], var: str) -> int | None:
+    raw = env.get(var)
     if not raw:
-        return Limits()
+        return None
     try:
-        queue = int(raw)
+        value = int(raw)
     except ValueError:
-        raise InvalidArgument(f"MODELCTL_MAX_QUEUE: not a whole number: {raw!r}") from None
-    if queue < 1:
-        raise InvalidArgument(f"MODELCTL_MAX_QUEUE: must be at least 1, not {queue}")
-    return Limits(max_queue_items=queue)
+        raise InvalidArgument(f"{var}: not a whole number: {raw!r}") from None
+    if value < 1:
+        raise InvalidArgument(f"{var}: must be at least 1, not {value}")
+    return value
 
 
 def _truthy(value: str | None) -> bool:

@@ -19,10 +19,12 @@ and is printed as one line by the CLI::
     │   ├── PayloadTooLarge       413 payload_too_large
     │   ├── Unprocessable         422 unprocessable_entity (Marqo's pydantic-v1 body)
     │   ├── TooManyRequests       429 too_many_requests
+    │   ├── ClientGone            499 client_closed_request (logged, never seen)
     │   ├── ServiceUnavailable    503 service_unavailable (daemon shutting down)
     │   └── InternalError         500 internal
     └── DaemonError               the daemon cannot be reached or started
         ├── DaemonNotRunning      no daemon answers on the socket
+        ├── DaemonUnreachable     a daemon runs but refuses or drops connections
         └── DaemonStartError      a daemon was started but did not become ready
 
 This module imports only the standard library: the CLI and ``modelctl.client`` use it.
@@ -170,6 +172,14 @@ class TooManyRequests(_InvalidRequest):
     code = "too_many_requests"
 
 
+class ClientGone(_InvalidRequest):
+    """Raised when a request's client disconnected before its answer was ready: its
+    queued work is dropped, and nobody is left to read this status (nginx's 499)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class ServiceUnavailable(_InvalidRequest):
     """Raised for new work that arrives while the daemon is shutting down."""
 
@@ -215,6 +225,11 @@ class DaemonError(ModelctlError):
 
 class DaemonNotRunning(DaemonError):
     """Raised when no daemon answers on the socket (and none may be started)."""
+
+
+class DaemonUnreachable(DaemonError):
+    """Raised when a daemon runs but its socket refuses or drops the connection (it is
+    overloaded, or out of file descriptors): not the same as no daemon at all."""
 
 
 class DaemonStartError(DaemonError):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import time
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -24,10 +26,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelctl.daemon.app import LISTENER_KEY
 from modelctl.daemon.devices import parse_device
-from modelctl.daemon.images import DATA_URI_PREFIX, decode_images, refuse_other_data_uri
+from modelctl.daemon.images import (
+    DATA_URI_PREFIX,
+    PendingImage,
+    check_decodable,
+    probe_images,
+    refuse_other_data_uri,
+)
 from modelctl.daemon.loaders import spec_for
 from modelctl.daemon.state import DaemonState
-from modelctl.errors import BadRequest, InternalError, InvalidArgument, PayloadTooLarge
+from modelctl.errors import (
+    BadRequest,
+    ClientGone,
+    InternalError,
+    InvalidArgument,
+    PayloadTooLarge,
+)
 
 if TYPE_CHECKING:
     from modelctl.config import Limits
@@ -35,6 +49,7 @@ if TYPE_CHECKING:
     from modelctl.daemon.cache import Entry
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+T = TypeVar("T")
 
 # Rendering floats costs ~70 us a row: past this many rows it runs in a thread, so one
 # big request does not hold up every other client's replies.
@@ -60,28 +75,66 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
     limits = state.settings.limits
     inputs = [body.input] if isinstance(body.input, str) else body.input
     images = _check_limits(inputs, limits)
+    # Images are checked from their headers first: a request over the pixel limits is
+    # refused before it loads a model or decodes anything.
+    pending = (await asyncio.to_thread(probe_images, [inputs[i] for i in images], limits,
+                                       images) if images else [])
     entry = await _entry_for(state, request, body)
     if images and "image" not in entry.spec.modalities:
         raise InvalidArgument(f"{body.model} embeds text only; images need a CLIP model")
-    async with state.cache.lease(entry) as held:
-        # The lease covers the queued and batched work: eject waits for it.
-        assert held.batcher is not None
-        batcher, queue = held.batcher, limits.max_queue_items
-        if not images:
-            vectors, tokens = await batcher.embed("text", inputs, body.normalize,
-                                                  max_queue=queue)
-        elif len(images) == len(inputs):
-            pictures = await asyncio.to_thread(decode_images, inputs, limits)
-            vectors, tokens = await batcher.embed("image", pictures, body.normalize,
-                                                  max_queue=queue)
-        else:
-            vectors, tokens = await _mixed(batcher, inputs, images, body.normalize, limits)
+    async with state.pixel_gate.reserve(sum(image.pixels for image in pending)):
+        if pending:
+            await asyncio.to_thread(check_decodable, pending)
+        vectors, tokens = await until_disconnected(
+            request, _embed(state, entry, inputs, images, pending, body.normalize))
     if body.encoding_format == "float" and len(inputs) > RENDER_INLINE_ROWS:
         content = await asyncio.to_thread(render, body.model, vectors, sum(tokens), "float")
     else:
         content = render(body.model, vectors, sum(tokens), body.encoding_format)
     state.metrics.embedded(entry, len(inputs), time.perf_counter() - started)
     return Response(content, media_type="application/json")
+
+
+async def _embed(state: DaemonState, entry: Entry, inputs: list[str], images: list[int],
+                 pending: list[PendingImage], normalize: bool | None,
+                 ) -> tuple[np.ndarray, list[int]]:
+    limits = state.settings.limits
+    async with state.cache.lease(entry) as held:
+        # The lease covers the queued and batched work: eject waits for it.
+        assert held.batcher is not None
+        batcher, queue = held.batcher, limits.max_queue_items
+        if not images:
+            return await batcher.embed("text", inputs, normalize, max_queue=queue)
+        if len(images) == len(inputs):
+            return await batcher.embed("image", pending, normalize, max_queue=queue)
+        return await _mixed(batcher, inputs, images, pending, normalize, queue)
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, or cancel it when the client goes away first.
+
+    The body has been read, so the next ASGI message is ``http.disconnect``: while it has
+    not come the client still waits. A cancelled request's queued inputs leave its
+    model's queue (batcher.py), so abandoned work holds up no one.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone()
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _check_limits(inputs: list[str], limits: Limits) -> list[int]:
@@ -132,12 +185,11 @@ async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsReque
 
 
 async def _mixed(batcher: Batcher, inputs: list[str], images: list[int],
-                 normalize: bool | None, limits: Limits) -> tuple[np.ndarray, list[int]]:
+                 pictures: list[PendingImage], normalize: bool | None, queue: int,
+                 ) -> tuple[np.ndarray, list[int]]:
     """Texts and images in one request: each kind batched with its own, then interleaved."""
     image_set = set(images)
     text_rows = [i for i in range(len(inputs)) if i not in image_set]
-    pictures = await asyncio.to_thread(decode_images, [inputs[i] for i in images], limits)
-    queue = limits.max_queue_items
     (text_vecs, text_tokens), (image_vecs, _) = await asyncio.gather(
         batcher.embed("text", [inputs[i] for i in text_rows], normalize, max_queue=queue),
         batcher.embed("image", pictures, normalize, max_queue=queue))

@@ -16,6 +16,7 @@ import numpy as np
 import open_clip
 import torch
 
+from modelctl.daemon.images import as_rgb
 from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.weights import resolve_hub_dir, resolve_hub_file
 from modelctl.errors import InvalidArgument, WeightsNotFound
@@ -78,7 +79,9 @@ class OpenClipModel(LoadedModel):
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), _CHUNK):
-                pixels = torch.stack([self.preprocess(img) for img in images[start:start + _CHUNK]])
+                # Decoded one at a time, here (images.py): a pass holds one decoded image.
+                pixels = torch.stack([self.preprocess(as_rgb(img))
+                                      for img in images[start:start + _CHUNK]])
                 features = self.model.encode_image(pixels.to(self.device), normalize=normalize)
                 out.append(features.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
