@@ -18,7 +18,11 @@ import torch
 
 from modelctl.daemon.images import as_rgb
 from modelctl.daemon.loaders.base import LoadedModel
-from modelctl.daemon.loaders.weights import resolve_hub_dir, resolve_hub_file
+from modelctl.daemon.loaders.weights import (
+    require_weights,
+    resolve_hub_dir,
+    resolve_hub_file,
+)
 from modelctl.errors import InvalidArgument, WeightsNotFound
 
 if TYPE_CHECKING:
@@ -142,6 +146,7 @@ def _locate(spec: ModelSpec, offline: bool) -> tuple[str, str | None]:
     if source.startswith("hf-hub:"):
         return f"local-dir:{resolve_hub_dir(source[len('hf-hub:'):], offline)}", None
     if source.startswith("local-dir:"):
+        require_weights(Path(source[len("local-dir:"):]))
         return source, None
     if spec.custom:
         return _locate_custom(spec)
@@ -174,7 +179,7 @@ def _locate_custom(spec: ModelSpec) -> tuple[str, str | None]:
     """
     checkpoint = Path(spec.pretrained) if spec.pretrained else None
     if checkpoint is not None and checkpoint.is_dir():
-        return f"local-dir:{checkpoint}", None
+        return f"local-dir:{require_weights(checkpoint)}", None
     if spec.source not in open_clip.list_models():
         config = checkpoint.with_name(f"{spec.source}.json") if checkpoint else None
         if config is None or not config.is_file():
