@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from modelctl.errors import DaemonNotRunning, error_from_body
+from modelctl.errors import DaemonNotRunning, DaemonUnreachable, error_from_body
 from modelctl.unix_http import ServerClosed, UnixConnection
 
 
@@ -133,21 +133,41 @@ class Client:
         # retry on a fresh connection is safe because the request never reached it.
         for attempt in (0, 1):
             conn = self._connection()
+            # Read before the exchange: close() below resets it.
+            reused = conn.reused
             try:
                 return conn.exchange(method, path, payload, hdrs)
             except (BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                if attempt == 0 and conn.reused:
+                if attempt == 0 and reused:
                     continue
-                raise DaemonNotRunning(f"the daemon at {self.where} closed the connection: "
-                                       f"{exc}") from exc
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise DaemonUnreachable(f"the daemon at {self.where} closed the connection: "
+                                        f"{exc}") from exc
+            except FileNotFoundError as exc:
                 self.close()
                 raise DaemonNotRunning(f"no modelctl daemon is running at {self.where}") from exc
+            except ConnectionRefusedError as exc:
+                self.close()
+                raise self._refused() from exc
+            except BlockingIOError as exc:  # EAGAIN: the socket's backlog is full
+                self.close()
+                raise DaemonUnreachable(f"the daemon at {self.where} is not accepting "
+                                        "connections (its backlog is full: overloaded, or "
+                                        "out of file descriptors); try again") from exc
             except OSError:
                 self.close()
                 raise
         raise AssertionError("unreachable")
+
+    def _refused(self) -> DaemonNotRunning | DaemonUnreachable:
+        """A refused connection: no daemon, unless its socket file (or a live pid in its
+        status file) says one runs and is refusing (overloaded, out of descriptors)."""
+        if self.url is None and self.socket_path is not None and _daemon_alive(
+                Path(self.socket_path)):
+            return DaemonUnreachable(
+                f"a modelctl daemon runs at {self.where} but refused the connection "
+                "(overloaded, or out of file descriptors); try again")
+        return DaemonNotRunning(f"no modelctl daemon is running at {self.where}")
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> Any:
@@ -256,6 +276,21 @@ class Client:
         body = {"port": port, "host": host, "api_key": api_key}
         return self.request("POST", "/v1/listeners",
                             body={k: v for k, v in body.items() if v is not None})
+
+
+def _daemon_alive(socket_path: Path) -> bool:
+    """Whether the status file beside ``socket_path`` names a live process."""
+    import os
+
+    try:
+        status = json.loads((socket_path.parent / "modelctl.json").read_text())
+        pid = int(status["pid"])
+        if status.get("socket") != str(socket_path):
+            return False
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def decode_base64_embedding(value: str | list[float]) -> list[float]:

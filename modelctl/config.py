@@ -23,6 +23,9 @@ STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Host header values a loopback listener answers; a web page that rebinds its own domain
+# to 127.0.0.1 sends its domain, and is refused.
+LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Settings:
     offline: bool = False
     debug: bool = False
     limits: Limits = field(default_factory=Limits)
+    # Host header values a loopback TCP listener accepts (``*``: any); loopback names
+    # always.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOST_NAMES
 
     @property
     def lock_path(self) -> Path:
@@ -109,6 +115,9 @@ class Settings:
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
             limits=_limits(env),
+            allowed_hosts=LOOPBACK_HOST_NAMES + tuple(
+                host.strip().lower() for host in env.get("MODELCTL_ALLOWED_HOSTS", "").split(",")
+                if host.strip()),
         )
 
 

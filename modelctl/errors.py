@@ -16,6 +16,7 @@ and is printed as one line by the CLI::
     │   ├── HardwareCompatibilityError  400 hardware_compatability_error
     │   ├── BadRequest            400 bad_request
     │   ├── Unauthorized          401 unauthorized
+    │   ├── Forbidden             403 forbidden (a Host a loopback listener does not serve)
     │   ├── PayloadTooLarge       413 payload_too_large
     │   ├── Unprocessable         422 unprocessable_entity (Marqo's pydantic-v1 body)
     │   ├── TooManyRequests       429 too_many_requests
@@ -133,6 +134,14 @@ class Unauthorized(_InvalidRequest):
     code = "unauthorized"
 
 
+class Forbidden(_InvalidRequest):
+    """Raised when a loopback listener gets a request for a foreign ``Host`` (DNS
+    rebinding: a web page's script talking to the port under its own domain)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class PayloadTooLarge(_InvalidRequest):
     """Raised when a body, batch, text or image is over its limit."""
 
@@ -199,7 +208,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
     for cls in (ModelNotInCache, NotFound, MethodNotAllowed, CacheManagementError,
                 InvalidArgument, HardwareCompatibilityError, BadRequest, Unauthorized,
-                PayloadTooLarge, TooManyRequests, ServiceUnavailable, InternalError)
+                Forbidden, PayloadTooLarge, TooManyRequests, ServiceUnavailable, InternalError)
 }
 
 

@@ -137,6 +137,7 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
     # Imported here, after the bind: the web stack costs a few hundred milliseconds.
     from modelctl.daemon.app import Listener, create_app
+    from modelctl.daemon.connections import ConnectionCap
     from modelctl.daemon.state import DaemonState
 
     state = DaemonState(settings)
@@ -144,8 +145,14 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     servers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
 
+    tcp_cap = ConnectionCap.for_this_process()
+
     def serve(sock: socket.socket, kind: str, api_key: str | None) -> None:
-        server = _make_server(Listener(app, state, kind=kind, api_key=api_key))
+        host = sock.getsockname()[0] if kind == "tcp" else None
+        allowed = settings.allowed_hosts if host is not None and _is_loopback(host) else None
+        server = _make_server(Listener(app, state, kind=kind, api_key=api_key,
+                                       allowed_hosts=allowed),
+                              tcp_cap if kind == "tcp" else None)
         servers.append(server)
         tasks.append(asyncio.get_running_loop().create_task(server.serve(sockets=[sock])))
 
@@ -191,8 +198,10 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     return 0
 
 
-def _make_server(app: Any) -> Any:
+def _make_server(app: Any, cap: Any) -> Any:
     import uvicorn
+
+    from modelctl.daemon.connections import guarded
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -202,14 +211,23 @@ def _make_server(app: Any) -> Any:
 
     try:
         import httptools  # noqa: F401
-
-        http = "httptools"
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
     except ImportError:
-        http = "h11"
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol  # type: ignore[assignment]
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                            http=http, timeout_keep_alive=30, server_header=False,
+                            http=guarded(protocol, cap), timeout_keep_alive=30,
+                            server_header=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws="none")
     return _Server(config)
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _warn_if_exposed(host: str, api_key: str | None) -> None:
