@@ -248,6 +248,9 @@ def logs(
 
 def _follow(path: Path) -> None:
     """Print what is appended to ``path``; start over when it is replaced or truncated."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     f: IO[bytes] | None = None
     inode = None
     skip_to_end = path.exists()  # its tail was printed already
@@ -264,8 +267,9 @@ def _follow(path: Path) -> None:
             inode = os.fstat(f.fileno()).st_ino
         chunk = f.read()
         if chunk:
-            sys.stdout.buffer.write(chunk)  # bytes: a read may end inside a UTF-8 character
-            sys.stdout.buffer.flush()
+            # Decoded incrementally: a read may end inside a UTF-8 character.
+            sys.stdout.write(output.printable_lines(decoder.decode(chunk)))
+            sys.stdout.flush()
             continue
         time.sleep(0.25)
         try:

@@ -236,6 +236,20 @@ def _warn_if_exposed(host: str, api_key: str | None) -> None:
                     "load and eject models; set --api-key or MODELCTL_API_KEY", host)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Each message on one line, control characters escaped: a name or path a client
+    sent cannot forge log lines or reach the terminal of whoever reads the log.
+    Tracebacks, added after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        message = record.message
+        if not (message.isascii() and message.isprintable()):
+            record.message = "".join(c if c.isprintable() else
+                                     c.encode("unicode_escape").decode("ascii")
+                                     for c in message)
+        return super().formatMessage(record)
+
+
 def _configure_logging(settings: Settings, foreground: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if foreground:
@@ -244,7 +258,9 @@ def _configure_logging(settings: Settings, foreground: bool) -> None:
             ensure_runtime_dir(settings.runtime_dir)
             handlers.append(logging.FileHandler(settings.log_path))
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    formatter = _OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
     for noisy in ("uvicorn.error", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from modelctl.daemon.loaders.references import (
     check_filesystem_reference,
     check_not_reserved,
+    check_printable,
     local_path_of,
     names_filesystem,
 )
@@ -47,6 +48,7 @@ def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool)
     """
     if not isinstance(name, str) or not name.strip() or "\x00" in name or len(name) > 512:
         raise InvalidArgument("model name must be a non-empty string of at most 512 characters")
+    check_printable(name)
     check_filesystem_reference(name, local_paths=local_paths)  # before any disk access
     if properties is not None:
         return _custom_spec(name, properties, local_paths=local_paths)
@@ -83,6 +85,7 @@ def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> Mode
     size_gb = props.get("model_size")
     if not isinstance(source, str) or "\x00" in source:
         raise InvalidArgument("properties.name must be a string")
+    check_printable(source, "properties.name")
     if not isinstance(dims, int) or isinstance(dims, bool) or not 0 <= dims <= 65536:
         raise InvalidArgument("properties.dimensions must be an integer")
     if tokens is not None and (not isinstance(tokens, int) or not 1 <= tokens <= 65536):

@@ -62,6 +62,20 @@ def check_filesystem_reference(text: str, *, local_paths: bool,
             "makes paths absolute)")
 
 
+def check_printable(name: str, what: str = "model name") -> None:
+    """400 for a name holding control or format characters: names are shown in every
+    terminal that runs ``modelctl ls``, and no model needs an escape sequence in its."""
+    if name.isascii() and name.isprintable():
+        return
+    import unicodedata
+
+    bad = next((c for c in name if not c.isprintable() and c != " "
+                or unicodedata.category(c)[0] == "C"), None)
+    if bad is not None:
+        raise InvalidArgument(f"{what} holds the control or format character "
+                              f"U+{ord(bad):04X}; names must be printable text")
+
+
 def check_not_reserved(name: str) -> None:
     """400 when a custom model (one given properties) would take a registry name: a
     client must never be able to make ``all-MiniLM-L6-v2`` mean another model."""
