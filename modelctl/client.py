@@ -70,7 +70,7 @@ class Client:
         if url is None and socket_path is None:
             from modelctl.config import Settings
 
-            settings = Settings.from_env()
+            settings = Settings.from_env(strict=False)  # the daemon's knobs are its own
             url = settings.url
             socket_path = settings.socket_path
             if url:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,28 +93,44 @@ class Settings:
         return replace(self, **given)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 strict: bool = True) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``).
+
+        ``strict=False`` (clients: the CLI, ``Client()``): a bad value of a knob only the
+        daemon uses (budgets, keep-alive, preload, port, limits) is left to the daemon
+        to reject, so it cannot break ``modelctl ls`` or an unrelated program.
+        """
         env = os.environ if environ is None else environ
         runtime_dir = default_runtime_dir(env)
         socket_path = Path(env["MODELCTL_SOCKET"]) if env.get("MODELCTL_SOCKET") else (
             runtime_dir / SOCKET_NAME)
-        port = _port(env.get("MODELCTL_HTTP_PORT"))
+
+        def daemon_only(parse: Callable[[], Any], default: Any) -> Any:
+            try:
+                return parse()
+            except InvalidArgument:
+                if strict:
+                    raise
+                return default
+
         return cls(
             runtime_dir=runtime_dir,
             socket_path=socket_path,
             url=env.get("MODELCTL_URL") or None,
-            max_cpu_memory=_budget(env, "MODELCTL_MAX_CPU_MEMORY", "MARQO_MAX_CPU_MODEL_MEMORY"),
-            max_cuda_memory=_budget(env, "MODELCTL_MAX_CUDA_MEMORY",
-                                    "MARQO_MAX_CUDA_MODEL_MEMORY"),
-            keep_alive=_keep_alive(env.get("MODELCTL_KEEP_ALIVE")),
-            preload=_preload(env),
+            max_cpu_memory=daemon_only(lambda: _budget(
+                env, "MODELCTL_MAX_CPU_MEMORY", "MARQO_MAX_CPU_MODEL_MEMORY"), None),
+            max_cuda_memory=daemon_only(lambda: _budget(
+                env, "MODELCTL_MAX_CUDA_MEMORY", "MARQO_MAX_CUDA_MODEL_MEMORY"), None),
+            keep_alive=daemon_only(lambda: _keep_alive(env.get("MODELCTL_KEEP_ALIVE")), None),
+            preload=daemon_only(lambda: _preload(env), ()),
             api_key=env.get("MODELCTL_API_KEY") or None,
             http_host=env.get("MODELCTL_HTTP_HOST") or "127.0.0.1",
-            http_port=port,
+            http_port=daemon_only(lambda: _port(env.get("MODELCTL_HTTP_PORT")), None),
             default_device=env.get("MODELCTL_DEVICE") or None,
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
-            limits=_limits(env),
+            limits=daemon_only(lambda: _limits(env), Limits()),
             allowed_hosts=LOOPBACK_HOST_NAMES + tuple(
                 host.strip().lower() for host in env.get("MODELCTL_ALLOWED_HOSTS", "").split(",")
                 if host.strip()),

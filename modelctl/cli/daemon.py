@@ -118,6 +118,7 @@ def serve(
         "--preload", metavar="NAME", help="Load this model at start; repeatable.")] = None,
 ) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it); --http adds a TCP listener."""
+    Settings.from_env()  # the daemon's knobs, checked strictly: a bad one fails here
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
@@ -154,6 +155,7 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the daemon in the background (nothing happens if one runs)."""
+    Settings.from_env()  # the daemon's knobs, checked strictly: a bad one fails here
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelctl.cli import output
-from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg
+from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg, local_model_name
 from modelctl.cli.state import get_state
 from modelctl.errors import ModelctlError
 
@@ -115,6 +115,7 @@ def embed(
     if out is not None and not out.parent.is_dir():
         raise typer.BadParameter(f"no such directory: {out.parent}", param_hint="--output")
     items = collect_inputs(texts, images)
+    name = local_model_name(name)
     client = get_state(ctx).started_client()
     options: dict[str, Any] = {"device": device, "normalize": normalize}
     if out is not None:

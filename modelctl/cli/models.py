@@ -18,6 +18,8 @@ from modelctl.cli.params import (
     OptionalLoadedModelArg,
     duration_value,
     json_object_value,
+    local_model_name,
+    local_properties,
 )
 from modelctl.cli.state import State, get_state, static_registry
 from modelctl.errors import DaemonNotRunning, ModelNotInCache
@@ -109,7 +111,8 @@ def load(
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (starting the daemon if none runs) and show its entry."""
-    props = json_object_value(properties, "--properties")
+    props = local_properties(json_object_value(properties, "--properties"))
+    name = local_model_name(name)
     seconds = duration_value(keep_alive, "--keep-alive")
     client = get_state(ctx).started_client(timeout=LOAD_TIMEOUT)
     where = f" on {device}" if device else ""

@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 def build_settings(*, socket: Path | None = None, url: str | None = None,
                    api_key: str | None = None, runtime_dir: Path | None = None,
                    environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment, then the global flags (``None``: flag not given)."""
-    return Settings.from_env(environ).with_overrides(
+    """Settings from the environment, then the global flags (``None``: flag not given).
+
+    Lenient: a bad value of a daemon's knob is the daemon's to reject (``daemon start``
+    and ``serve`` check the environment strictly first), never a reason for ``ls`` to fail.
+    """
+    return Settings.from_env(environ, strict=False).with_overrides(
         runtime_dir=runtime_dir, socket_path=socket, url=url, api_key=api_key)
 
 

@@ -185,7 +185,9 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(_keep_socket(settings, lambda sock: serve(sock, "unix", None)))
     await stop.wait()
+    watcher.cancel()
     log.info("stopping: finishing requests in flight (at most %ds)", GRACEFUL_SHUTDOWN_S)
     for path in (settings.status_path, settings.socket_path):
         with contextlib.suppress(FileNotFoundError):
@@ -196,6 +198,35 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     await state.close()
     log.info("stopped")
     return 0
+
+
+SOCKET_CHECK_S = 2.0
+
+
+async def _keep_socket(settings: Settings, serve: Any) -> None:
+    """Bind the socket again when its file is deleted or replaced (a cleanup script, a
+    careless `rm`): else the daemon runs on, holding models that no client can reach
+    and that `daemon status` cannot see. The status file likewise."""
+    path = settings.socket_path
+    inode = os.stat(path).st_ino
+    while True:
+        await asyncio.sleep(SOCKET_CHECK_S)
+        try:
+            if os.stat(path).st_ino == inode:
+                continue
+        except FileNotFoundError:
+            pass
+        log.warning("the socket %s was removed or replaced; listening on a new one", path)
+        try:
+            serve(bind_unix(str(path)))
+            inode = os.stat(path).st_ino
+        except OSError as exc:
+            log.error("cannot bind %s again: %s", path, exc)
+            continue
+        if read_status(settings) is None:
+            write_status(settings, DaemonStatus(
+                pid=os.getpid(), socket=str(path), version=__version__,
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"), http=None))
 
 
 def _make_server(app: Any, cap: Any) -> Any:
