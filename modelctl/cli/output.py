@@ -199,7 +199,9 @@ def activity(message: str) -> Iterator[None]:
     if not stderr_is_tty():
         yield
         return
-    with console(stderr=True).status(message):
+    from rich.text import Text
+
+    with console(stderr=True).status(Text(printable(message))):  # a name: never markup
         yield
 
 
