@@ -207,12 +207,13 @@ def test_a_huge_request_does_not_hold_up_a_small_one(busy: Daemon) -> None:
     finished: list[str] = []
 
     def big() -> None:
-        Client(socket_path=busy.socket_path).embed(MINILM, [f"{i} {LONG}" for i in range(600)])
+        Client(socket_path=busy.socket_path).embed(MINILM,
+                                                   [f"{i} {LONG[:600]}" for i in range(512)])
         finished.append("big")
 
     worker = threading.Thread(target=big)
     worker.start()
-    time.sleep(1.0)  # the big request is queued and running
+    time.sleep(0.5)  # the big request is queued and running
     busy.client.embed(MINILM, ["small"])
     finished.append("small")
     worker.join(600)
@@ -458,7 +459,7 @@ def test_metric_labels_are_bounded(busy: Daemon, tmp_path: Path) -> None:
     for i in range(MAX_MODEL_LABELS + 20):  # failed loads of clients' chosen names
         with pytest.raises(ApiError):
             busy.client.load_model(f"ghost-{i}", "cpu", properties={
-                "type": "open_clip", "name": "ViT-B-32", "localpath": missing})
+                "type": "open_clip", "name": "no-such-arch", "localpath": missing})
     text = busy.client.metrics()
     names = {line.split('model="')[1].split('"')[0] for line in text.splitlines()
              if line.startswith("modelctl_load_failures_total{")}
