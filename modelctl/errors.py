@@ -25,7 +25,7 @@ and is printed as one line by the CLI::
     │   └── InternalError         500 internal
     └── DaemonError               the daemon cannot be reached or started
         ├── DaemonNotRunning      no daemon answers on the socket
-        ├── DaemonUnreachable     a daemon runs but refuses or drops connections
+        │   └── DaemonUnreachable a daemon runs but refuses or drops connections
         └── DaemonStartError      a daemon was started but did not become ready
 
 This module imports only the standard library: the CLI and ``modelctl.client`` use it.
@@ -236,9 +236,10 @@ class DaemonNotRunning(DaemonError):
     """Raised when no daemon answers on the socket (and none may be started)."""
 
 
-class DaemonUnreachable(DaemonError):
+class DaemonUnreachable(DaemonNotRunning):
     """Raised when a daemon runs but its socket refuses or drops the connection (it is
-    overloaded, or out of file descriptors): not the same as no daemon at all."""
+    overloaded, or out of file descriptors). A kind of "not answering" for callers that
+    only retry; the CLI never reports it as "no daemon"."""
 
 
 class DaemonStartError(DaemonError):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from modelctl.config import Settings
-from modelctl.errors import DaemonError, DaemonNotRunning, DaemonStartError, DaemonUnreachable
+from modelctl.errors import DaemonError, DaemonNotRunning, DaemonStartError
 
 # The daemon process exits with this when another daemon already holds the lock.
 EXIT_ALREADY_RUNNING = 3
@@ -192,7 +192,7 @@ def ping(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
     client = Client(socket_path=settings.socket_path, timeout=timeout)
     try:
         return client.health()
-    except (DaemonNotRunning, DaemonUnreachable, OSError):
+    except (DaemonNotRunning, OSError):
         return None
     finally:
         client.close()

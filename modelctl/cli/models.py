@@ -22,7 +22,7 @@ from modelctl.cli.params import (
     local_properties,
 )
 from modelctl.cli.state import State, get_state, static_registry
-from modelctl.errors import DaemonNotRunning, ModelNotInCache
+from modelctl.errors import DaemonNotRunning, DaemonUnreachable, ModelNotInCache
 from modelctl.units import format_bytes
 
 # A load may download weights first: give it an hour before the CLI gives up waiting.
@@ -77,6 +77,8 @@ def _loaded(state: State) -> list[dict[str, Any]] | None:
     client = state.client(timeout=30.0)
     try:
         return client.list_models()
+    except DaemonUnreachable:
+        raise  # a daemon runs and refuses: not "nothing is loaded"
     except DaemonNotRunning as exc:
         if state.settings.url:  # a server named on purpose: not answering is an error
             raise state.no_daemon(exc) from exc

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from modelctl import __version__
 from modelctl.cli.global_options import GlobalOptions
 from modelctl.config import Settings
-from modelctl.errors import DaemonNotRunning
+from modelctl.errors import DaemonNotRunning, DaemonUnreachable
 
 if TYPE_CHECKING:
     import typer
@@ -84,6 +84,8 @@ class State:
         ``consequence`` (``"so nothing is loaded"``) replaces the advice to start a daemon,
         where starting one would not help.
         """
+        if isinstance(exc, DaemonUnreachable):
+            return exc  # a daemon runs: advice about starting one would mislead
         if self.settings.url:
             return DaemonNotRunning(f"{exc.message}; check the URL, and that "
                                     "`modelctl serve --http` runs there")
