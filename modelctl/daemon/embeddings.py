@@ -75,13 +75,13 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
     limits = state.settings.limits
     inputs = [body.input] if isinstance(body.input, str) else body.input
     images = _check_limits(inputs, limits)
-    # Images are checked from their headers first: a request over the pixel limits is
-    # refused before it loads a model or decodes anything.
-    pending = (await asyncio.to_thread(probe_images, [inputs[i] for i in images], limits,
-                                       images) if images else [])
     entry = await _entry_for(state, request, body)
     if images and "image" not in entry.spec.modalities:
         raise InvalidArgument(f"{body.model} embeds text only; images need a CLIP model")
+    # Images are checked from their headers: a request over the pixel limits is refused
+    # before anything is decoded.
+    pending = (await asyncio.to_thread(probe_images, [inputs[i] for i in images], limits,
+                                       images) if images else [])
     async with state.pixel_gate.reserve(sum(image.pixels for image in pending)):
         if pending:
             await asyncio.to_thread(check_decodable, pending)
