@@ -1,4 +1,4 @@
-"""Issue 2's speed targets, each as a ratio against a baseline run in this same script.
+"""The CLI's and daemon's speed targets, each as a ratio against a baseline run in this same script.
 
 1. `modelctl ls --json` against a running daemon vs `python -c "import typer, rich.table"`
    (medians of interleaved runs): target <= 1.3x.

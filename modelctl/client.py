@@ -14,21 +14,77 @@ Marqo's documented calls return the contract's dicts unchanged::
 
 Every error the daemon answers is raised as a ``modelctl.errors.ApiError`` subclass
 carrying ``status``, ``code`` and ``message``; a daemon that cannot be reached raises
-``DaemonNotRunning``.
+``DaemonNotRunning``, and an exchange that fails midway ``DaemonUnreachable``
+(``TRANSPORT_ERRORS`` is the one table of what each transport failure means).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from modelctl.errors import DaemonNotRunning, DaemonUnreachable, error_from_body
-from modelctl.unix_http import ServerClosed, UnixConnection
+from modelctl.errors import (
+    DaemonError,
+    DaemonNotRunning,
+    DaemonUnreachable,
+    ServerClosed,
+    error_from_body,
+)
+from modelctl.unix_http import UnixConnection
+
+if TYPE_CHECKING:
+    from modelctl.wire import (
+        CacheEntry,
+        DevicesReport,
+        EjectResult,
+        Health,
+        MarqoCpu,
+        MarqoCuda,
+        MarqoEjected,
+        MarqoModels,
+        MarqoRoot,
+    )
+
+# What each transport failure means to a caller: the class to raise and its message
+# ({where}: the daemon's address; {exc}: the failure's own words). The most derived
+# class that matches wins, as in httpx's map_httpcore_exceptions, so order is free.
+# Failures not listed (EACCES on the socket, say) are the machine's and pass as they are.
+_NO_DAEMON = "no modelctl daemon is running at {where}"
+_CLOSED = "the daemon at {where} closed the connection: {exc}"
+_UNREACHABLE = "cannot talk to the modelctl daemon: {exc}"
+TRANSPORT_ERRORS: dict[type[Exception], tuple[type[DaemonError], str]] = {
+    FileNotFoundError: (DaemonNotRunning, _NO_DAEMON),
+    ConnectionRefusedError: (DaemonNotRunning, _NO_DAEMON),
+    ConnectionResetError: (DaemonNotRunning, _CLOSED),
+    BrokenPipeError: (DaemonNotRunning, _CLOSED),
+    ServerClosed: (DaemonNotRunning, _CLOSED),
+    ConnectionError: (DaemonUnreachable, _UNREACHABLE),
+    TimeoutError: (DaemonUnreachable, _UNREACHABLE),
+    socket.gaierror: (DaemonUnreachable, _UNREACHABLE),
+    DaemonUnreachable: (DaemonUnreachable, _UNREACHABLE),
+}
+# A kept-alive connection the server has since closed fails on first use like this; one
+# retry on a fresh connection is safe because the request never reached the server.
+_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ServerClosed)
+
+
+def transport_error(exc: Exception, where: str) -> DaemonError | None:
+    """The error to raise for transport failure ``exc``, or ``None`` to let it pass."""
+    found: tuple[type[DaemonError], str] | None = None
+    found_key: type[Exception] | None = None
+    for key, mapped in TRANSPORT_ERRORS.items():
+        if isinstance(exc, key) and (found_key is None or issubclass(key, found_key)):
+            found, found_key = mapped, key
+    if found is None:
+        return None
+    cls, template = found
+    return cls(template.format(where=where, exc=str(exc) or type(exc).__name__))
 
 
 class _TcpConnection:
@@ -51,6 +107,8 @@ class _TcpConnection:
             data = resp.read()
         except http.client.RemoteDisconnected as exc:
             raise ServerClosed(str(exc)) from exc
+        except http.client.HTTPException as exc:  # an answer that is not HTTP
+            raise DaemonUnreachable(str(exc) or type(exc).__name__) from exc
         self.reused = True
         answer_headers = {k.lower(): v for k, v in resp.getheaders()}
         if answer_headers.get("connection", "").lower() == "close":
@@ -70,7 +128,7 @@ class Client:
         if url is None and socket_path is None:
             from modelctl.config import Settings
 
-            settings = Settings.from_env(strict=False)  # the daemon's knobs are its own
+            settings = Settings.from_env()
             url = settings.url
             socket_path = settings.socket_path
             if url:
@@ -129,45 +187,20 @@ class Client:
         if self.api_key:
             hdrs["x-api-key"] = self.api_key
         hdrs.update(headers or {})
-        # A kept-alive connection the server has since closed fails on first use; one
-        # retry on a fresh connection is safe because the request never reached it.
         for attempt in (0, 1):
             conn = self._connection()
-            # Read before the exchange: close() below resets it.
-            reused = conn.reused
             try:
                 return conn.exchange(method, path, payload, hdrs)
-            except (BrokenPipeError, ConnectionResetError) as exc:
+            except Exception as exc:
+                reused = conn.reused  # read before close(), which forgets it
                 self.close()
-                if attempt == 0 and reused:
+                if attempt == 0 and reused and isinstance(exc, _CLOSED_WHILE_IDLE):
                     continue
-                raise DaemonUnreachable(f"the daemon at {self.where} closed the connection: "
-                                        f"{exc}") from exc
-            except FileNotFoundError as exc:
-                self.close()
-                raise DaemonNotRunning(f"no modelctl daemon is running at {self.where}") from exc
-            except ConnectionRefusedError as exc:
-                self.close()
-                raise self._refused() from exc
-            except BlockingIOError as exc:  # EAGAIN: the socket's backlog is full
-                self.close()
-                raise DaemonUnreachable(f"the daemon at {self.where} is not accepting "
-                                        "connections (its backlog is full: overloaded, or "
-                                        "out of file descriptors); try again") from exc
-            except OSError:
-                self.close()
-                raise
+                mapped = transport_error(exc, self.where)
+                if mapped is None:
+                    raise
+                raise mapped from exc
         raise AssertionError("unreachable")
-
-    def _refused(self) -> DaemonNotRunning | DaemonUnreachable:
-        """A refused connection: no daemon, unless its socket file (or a live pid in its
-        status file) says one runs and is refusing (overloaded, out of descriptors)."""
-        if self.url is None and self.socket_path is not None and _daemon_alive(
-                Path(self.socket_path)):
-            return DaemonUnreachable(
-                f"a modelctl daemon runs at {self.where} but refused the connection "
-                "(overloaded, or out of file descriptors); try again")
-        return DaemonNotRunning(f"no modelctl daemon is running at {self.where}")
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> Any:
@@ -181,57 +214,63 @@ class Client:
             raise error_from_body(status, decoded)
         return decoded
 
-    # -- Marqo's documented calls (shared/CONTRACT.md) -----------------------------
-    def get_marqo(self) -> dict[str, Any]:
+    # -- Marqo's documented calls (docs/MARQO.md) ----------------------------------
+    def get_marqo(self) -> MarqoRoot:
         """``GET /``: ``{"message": ..., "version": ...}``."""
         return self.request("GET", "/")
 
-    def get_loaded_models(self) -> dict[str, Any]:
+    def get_loaded_models(self) -> MarqoModels:
         """``GET /models``: ``{"models": [{"model_name", "model_device"}]}``."""
         return self.request("GET", "/models")
 
-    def eject_model(self, model_name: str, model_device: str | None = None) -> dict[str, Any]:
+    def eject_model(self, model_name: str, model_device: str | None = None) -> MarqoEjected:
         """``DELETE /models``: eject from one device, or from every device when none is given."""
         return self.request("DELETE", "/models",
                             query={"model_name": model_name, "model_device": model_device})
 
-    def get_cpu_info(self) -> dict[str, Any]:
+    def get_cpu_info(self) -> MarqoCpu:
         """``GET /device/cpu``: usage and memory as Marqo's strings."""
         return self.request("GET", "/device/cpu")
 
-    def get_cuda_info(self) -> dict[str, Any]:
+    def get_cuda_info(self) -> MarqoCuda:
         """``GET /device/cuda``: one entry per visible GPU; 400 without CUDA."""
         return self.request("GET", "/device/cuda")
 
     # -- the native API --------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """``GET /v1/health``: ``{status, version, pid, uptime_s, torch_ready, ...}``."""
         return self.request("GET", "/v1/health")
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """Every cache entry with full detail (DESIGN.md's entry fields)."""
+    def list_models(self) -> list[CacheEntry]:
+        """Every cache entry with full detail (docs/API.md's entry fields)."""
         return self.request("GET", "/v1/models")["models"]
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
-                   properties: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Load ``name`` on ``device`` (waits for the load; returns the entry)."""
+                   properties: dict[str, Any] | None = None, copies: int | None = None,
+                   node: str | None = None) -> CacheEntry:
+        """Load ``name`` on ``device`` (waits for the load; returns the entry).
+
+        ``copies`` and ``node`` are for a cluster (``modelctl cluster``): load on that
+        many replicas, or on that node; the entry then lists every copy in ``copies``.
+        """
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive,
-                "properties": properties}
+                "properties": properties, "copies": copies, "node": node}
         return self.request("POST", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})
 
     def update_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
-                     keep_alive: str | float | None = None) -> list[dict[str, Any]]:
+                     keep_alive: str | float | None = None) -> list[CacheEntry]:
         """Change pin or keep-alive of a loaded model; returns the entries changed."""
         body = {"name": name, "device": device, "pin": pin, "keep_alive": keep_alive}
         return self.request("PATCH", "/v1/models",
                             body={k: v for k, v in body.items() if v is not None})["models"]
 
     def eject(self, name: str | None = None, device: str | None = None, *,
-              all: bool = False, force: bool = False) -> dict[str, Any]:
-        """Eject one model (from ``device``, or every device) or, with ``all``, everything."""
-        query: dict[str, Any] = {"name": name, "device": device}
+              all: bool = False, force: bool = False, node: str | None = None) -> EjectResult:
+        """Eject one model (from ``device``, or every device) or, with ``all``, everything;
+        on a cluster, ``node`` limits it to one node."""
+        query: dict[str, Any] = {"name": name, "device": device, "node": node}
         if all:
             query["all"] = "true"
         if force:
@@ -242,7 +281,7 @@ class Client:
         """Every model name the daemon knows, with family, dimensions and offline status."""
         return self.request("GET", "/v1/registry")["models"]
 
-    def devices(self) -> dict[str, Any]:
+    def devices(self) -> DevicesReport:
         """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""
         return self.request("GET", "/v1/devices")
 
@@ -276,21 +315,6 @@ class Client:
         body = {"port": port, "host": host, "api_key": api_key}
         return self.request("POST", "/v1/listeners",
                             body={k: v for k, v in body.items() if v is not None})
-
-
-def _daemon_alive(socket_path: Path) -> bool:
-    """Whether the status file beside ``socket_path`` names a live process."""
-    import os
-
-    try:
-        status = json.loads((socket_path.parent / "modelctl.json").read_text())
-        pid = int(status["pid"])
-        if status.get("socket") != str(socket_path):
-            return False
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
 
 
 def decode_base64_embedding(value: str | list[float]) -> list[float]:

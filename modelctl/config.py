@@ -22,11 +22,9 @@ LOCK_NAME = "modelctl.lock"
 STATUS_NAME = "modelctl.json"
 LOG_NAME = "modelctl.log"
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Host header values a loopback listener answers; a web page that rebinds its own domain
 # to 127.0.0.1 sends its domain, and is refused.
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
-
 
 @dataclass(frozen=True)
 class PreloadItem:

@@ -1,7 +1,7 @@
 """One exception tree for the daemon, the client and the CLI.
 
 Every error that can cross the wire carries the HTTP ``status`` it is sent with and
-the ``code`` and ``type`` of the Marqo error body (shared/CONTRACT.md), so the same
+the ``code`` and ``type`` of the Marqo error body (docs/MARQO.md), so the same
 object becomes an HTTP body in the daemon, is rebuilt from that body by the client,
 and is printed as one line by the CLI::
 
@@ -23,10 +23,18 @@ and is printed as one line by the CLI::
     │   ├── ClientGone            499 client_closed_request (logged, never seen)
     │   ├── ServiceUnavailable    503 service_unavailable (daemon shutting down)
     │   └── InternalError         500 internal
-    └── DaemonError               the daemon cannot be reached or started
-        ├── DaemonNotRunning      no daemon answers on the socket
-        │   └── DaemonUnreachable a daemon runs but refuses or drops connections
-        └── DaemonStartError      a daemon was started but did not become ready
+    ├── DaemonError               the daemon cannot be reached or started
+    │   ├── DaemonNotRunning      no daemon answers on the socket
+    │   ├── DaemonUnreachable     the exchange failed midway: a timeout, bad HTTP
+    │   │   └── ServerClosed      the connection closed before a whole answer arrived
+    │   └── DaemonStartError      a daemon was started but did not become ready
+    └── UsageError                a command line that cannot be run as given
+        └── GlobalOptionError     a global option without its value
+
+``ServerClosed`` is raised by the transports (``modelctl.unix_http``); the client's one
+table of transport failures (``modelctl.client.TRANSPORT_ERRORS``) turns it, and the
+socket's own errors, into ``DaemonNotRunning`` or ``DaemonUnreachable``, so callers
+and the CLI's ``main`` see only this tree.
 
 This module imports only the standard library: the CLI and ``modelctl.client`` use it.
 """
@@ -236,11 +244,22 @@ class DaemonNotRunning(DaemonError):
     """Raised when no daemon answers on the socket (and none may be started)."""
 
 
-class DaemonUnreachable(DaemonNotRunning):
-    """Raised when a daemon runs but its socket refuses or drops the connection (it is
-    overloaded, or out of file descriptors). A kind of "not answering" for callers that
-    only retry; the CLI never reports it as "no daemon"."""
+class DaemonUnreachable(DaemonError):
+    """Raised when talking to the daemon failed midway: a timeout, a reset connection,
+    an answer that is not HTTP."""
+
+
+class ServerClosed(DaemonUnreachable):
+    """Raised when the server closed the connection before a whole answer arrived."""
 
 
 class DaemonStartError(DaemonError):
     """Raised when a spawned daemon exits or does not become ready in time."""
+
+
+class UsageError(ModelctlError):
+    """Raised for a command line that cannot be run as given (the CLI exits 2)."""
+
+
+class GlobalOptionError(UsageError):
+    """Raised for a global option without its value."""

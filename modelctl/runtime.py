@@ -25,10 +25,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from modelctl.config import Settings
-from modelctl.errors import DaemonError, DaemonNotRunning, DaemonStartError
+from modelctl.errors import DaemonError, DaemonNotRunning, DaemonStartError, DaemonUnreachable
+
+if TYPE_CHECKING:
+    from modelctl.wire import Health
 
 # The daemon process exits with this when another daemon already holds the lock.
 EXIT_ALREADY_RUNNING = 3
@@ -185,21 +188,21 @@ def spawn_daemon(settings: Settings) -> subprocess.Popen[bytes]:
             env=daemon_environment(settings), start_new_session=True, close_fds=True)
 
 
-def ping(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
+def ping(settings: Settings, timeout: float = 2.0) -> Health | None:
     """``/v1/health`` of the daemon on the socket, or ``None`` if none answers."""
     from modelctl.client import Client
 
     client = Client(socket_path=settings.socket_path, timeout=timeout)
     try:
         return client.health()
-    except (DaemonNotRunning, OSError):
+    except (DaemonNotRunning, DaemonUnreachable, OSError):
         return None
     finally:
         client.close()
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
-               timeout: float = 30.0) -> dict[str, Any]:
+               timeout: float = 30.0) -> Health:
     """Wait until the daemon answers on its socket; return its health.
 
     If ``proc`` lost the race for the lock, wait for the daemon that won instead.
@@ -223,7 +226,7 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
         delay = min(delay * 2, 0.1)
 
 
-def start_daemon(settings: Settings, timeout: float = 30.0) -> tuple[dict[str, Any], bool]:
+def start_daemon(settings: Settings, timeout: float = 30.0) -> tuple[Health, bool]:
     """Start a daemon unless one answers; return its health and whether we started it."""
     ensure_runtime_dir(settings.runtime_dir)  # before talking to a socket in it
     health = ping(settings)

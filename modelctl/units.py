@@ -104,11 +104,6 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours // 24}d"
 
 
-def utc_now_iso() -> str:
-    """Now as ISO-8601 UTC with millisecond precision and a ``Z`` suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 

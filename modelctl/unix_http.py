@@ -13,13 +13,9 @@ import os
 import socket
 import struct
 
-from modelctl.errors import DaemonError
+from modelctl.errors import DaemonError, ServerClosed
 
 _MAX_HEADER_BYTES = 64 * 1024
-
-
-class ServerClosed(ConnectionResetError):
-    """Raised when the server closed the connection before a whole answer arrived."""
 
 
 class UnixConnection:

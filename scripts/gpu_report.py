@@ -1,4 +1,4 @@
-"""The measured GPU report of scripts/gpu-check (issue 8), also runnable on cpu.
+"""The measured GPU report of scripts/gpu-check, also runnable on cpu.
 
 Starts a real daemon, loads the default MiniLM and a random-weight open_clip model on
 the device, embeds text and images, reads /device/cuda and /v1/devices, ejects and

@@ -25,7 +25,7 @@ from modelctl.cli.state import State
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "sentence_transformers", "open_clip", "fastapi",
-         "uvicorn", "pynvml", "numpy")
+         "uvicorn", "pynvml", "numpy", "ray")
 
 
 @pytest.fixture
@@ -282,7 +282,7 @@ def test_cli_imports_nothing_heavy(runtime_dir: Path) -> None:
     code = textwrap.dedent("""
         import contextlib, io, json, sys
         from modelctl.cli import main
-        for argv in (["--help"], ["ls", "--json"], ["devices"]):
+        for argv in (["--help"], ["ls", "--json"], ["devices"], ["cluster", "--help"]):
             with contextlib.redirect_stdout(io.StringIO()), \\
                     contextlib.redirect_stderr(io.StringIO()):
                 try:
@@ -331,7 +331,7 @@ def test_completion_request_is_silent_and_light(runtime_dir: Path) -> None:
 
 
 def test_completion_of_a_bad_line_is_empty(runtime_dir: Path) -> None:
-    from modelctl.cli.complete import candidates, split_line
+    from modelctl.cli.completion.responder import candidates, split_line
 
     assert split_line("modelctl eject 'org/ti") == (["modelctl", "eject"], "org/ti")
     assert split_line("modelctl eject ") == (["modelctl", "eject"], "")

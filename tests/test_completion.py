@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from modelctl.cli.complete import SOURCES, file_options
-from modelctl.cli.completion_spec import TREE
+from modelctl.cli.completion.responder import SOURCES, file_options
+from modelctl.cli.completion.tree import TREE
 from tests.support import MINILM, REPO, Daemon, base_env
 
 BIN = Path(sys.executable).parent
@@ -226,8 +226,8 @@ def test_every_value_has_a_source() -> None:
             if metavar:
                 wanted.add((path, next(n for n in names if n.startswith("--"))))
         wanted.update((path, metavar) for metavar, _, _ in node["arguments"])
-    assert wanted - set(SOURCES) == set(), "add these to complete.SOURCES"
-    assert set(SOURCES) - wanted == set(), "complete.SOURCES names what the app lacks"
+    assert wanted - set(SOURCES) == set(), "add these to responder.SOURCES"
+    assert set(SOURCES) - wanted == set(), "responder.SOURCES names what the app lacks"
     for (path, key), kind in SOURCES.items():
         if kind == "choices":
             assert any(a[0] == key and a[2] for a in TREE[path]["arguments"])
@@ -272,7 +272,7 @@ def test_commands_and_options_without_a_daemon(home: Path, absent: Path) -> None
     assert top == ["--socket", "--url", "--api-key", "--runtime-dir", "--version", "--help"]
     assert values(engine("modelctl daemon ", env)) == ["start", "stop", "status", "logs"]
     assert values(engine("modelctl eject --", env)) == ["--device", "--all", "--force",
-                                                         "--json", "--help"]
+                                                         "--node", "--json", "--help"]
     assert values(engine("modelctl completion show ", env)) == ["bash", "zsh", "fish"]
     assert values(engine("modelctl --socket /x embed --help ", env)) == []
     # No daemon: the built-in registry, and the devices the NVIDIA driver lists.

@@ -1,10 +1,10 @@
 """The ``modelctl`` command line: ``main()``, its one error boundary; the app is in application.py.
 
 Importing this package must stay cheap. A shell's completion request (``_MODELCTL_COMPLETE``
-set) is answered by complete.py without importing typer at all; a command imports the app
-(typer and small stdlib-only modules); the HTTP client is imported when a command talks to
-a daemon, rich where something is drawn, numpy where a ``.npy`` is written, and the
-daemon's stack only by ``serve``.
+set) is answered by completion/responder.py without importing typer at all; a command
+imports the app (typer and small stdlib-only modules); the HTTP client is imported when
+a command talks to a daemon, rich where something is drawn, numpy where a ``.npy`` is
+written, and the daemon's stack only by ``serve``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from modelctl.cli import global_options
-from modelctl.errors import DaemonError, ModelctlError
+from modelctl.errors import DaemonError, ModelctlError, UsageError
 
 __all__ = ["EXIT_ERROR", "EXIT_NO_DAEMON", "EXIT_USAGE", "app", "main", "make_app"]
 
@@ -37,13 +37,15 @@ def __getattr__(name: str) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place where errors become a message and an exit code.
 
-    ``ModelctlError`` -> one line ``modelctl: error: ...`` on stderr, exit 1, or exit 3
-    when no daemon can be reached. Anything else is a bug: one line too, and the
+    ``ModelctlError`` -> one line ``modelctl: error: ...`` on stderr, exit 1, exit 2 for
+    a ``UsageError``, or exit 3 for a ``DaemonError`` (the client maps every transport
+    failure into that tree). An ``OSError`` that escapes is the machine's (a file we
+    cannot write): its own words, exit 1. Anything else is a bug: one line too, and the
     traceback with ``MODELCTL_DEBUG=1``. A completion request prints candidates only and
     always exits 0.
     """
     if os.environ.get(COMPLETE_VAR):
-        from modelctl.cli.complete import respond
+        from modelctl.cli.completion.responder import respond
 
         respond()
         sys.exit(0)
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         from modelctl.cli.application import app, help_defaults
 
         app(args=args, prog_name="modelctl", obj=given, default_map=help_defaults(app))
-    except global_options.GlobalOptionError as exc:
-        _fail(exc, f"{exc}; see `modelctl --help`", EXIT_USAGE)
+    except UsageError as exc:
+        _fail(exc, f"{exc.message}; see `modelctl --help`", EXIT_USAGE)
     except DaemonError as exc:
         _fail(exc, _with_next_step(exc), EXIT_NO_DAEMON)
     except ModelctlError as exc:
@@ -65,9 +67,6 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_stdout()
         sys.exit(EXIT_ERROR)
     except Exception as exc:
-        if _unreachable(exc):
-            _fail(exc, f"cannot talk to the modelctl daemon: {exc or type(exc).__name__}; "
-                       "`modelctl daemon status` checks on it", EXIT_NO_DAEMON)
         if isinstance(exc, OSError) and exc.strerror:  # the machine's, not a bug of ours
             where = f": {exc.filename}" if exc.filename else ""
             _fail(exc, f"{exc.strerror}{where}", EXIT_ERROR)
@@ -80,15 +79,6 @@ def _with_next_step(exc: ModelctlError) -> str:
 
     step = next_step(exc)
     return f"{exc.message}; {step}" if step else exc.message
-
-
-def _unreachable(exc: Exception) -> bool:
-    """Whether ``exc`` is the network's: a timeout, a refused or reset connection, bad HTTP."""
-    import http.client
-    import socket
-
-    return isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror,
-                            http.client.HTTPException))
 
 
 def _fail(exc: BaseException, message: str, code: int) -> None:

@@ -26,6 +26,7 @@ _STEPS: list[tuple[type[errors.ModelctlError], str]] = [
     (errors.InternalError, "`modelctl daemon logs` shows the daemon's side of it; "
                            "this is a bug in modelctl"),
     (errors.DaemonStartError, "`modelctl daemon logs` shows why"),
+    (errors.DaemonUnreachable, "`modelctl daemon status` checks on it"),
 ]
 
 # A message that already points somewhere needs no second pointer.

@@ -1,8 +1,8 @@
 """The Typer app: the root callback and every command, registered in one place.
 
 Imported by ``main()`` only when a command runs; a shell's completion request is answered
-without it (complete.py), since Typer and its command modules are most of the CLI's
-start-up time.
+without it (completion/responder.py), since Typer and its command modules are most of the
+CLI's start-up time.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from modelctl import __version__
-from modelctl.cli import completion, daemon, devices, embed, global_options, models
+from modelctl.cli import cluster, daemon, devices, embed, global_options, models
+from modelctl.cli.completion import shell_scripts
 from modelctl.cli.global_options import GlobalOptions
 from modelctl.cli.params import help_without_command
 from modelctl.cli.state import State, build_settings
@@ -83,7 +84,8 @@ def make_app() -> typer.Typer:
     new.command("top")(devices.top)
     new.command("serve")(daemon.serve)
     new.add_typer(daemon.app, name="daemon")
-    new.add_typer(completion.app, name="completion")
+    new.add_typer(shell_scripts.app, name="completion")
+    new.add_typer(cluster.app, name="cluster")
     return new
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,6 +34,9 @@ from modelctl.errors import (
     NotFound,
 )
 from modelctl.units import format_duration
+
+if TYPE_CHECKING:
+    from modelctl.wire import Health
 
 app = typer.Typer()
 app.callback(help="Start, stop and inspect the background daemon.",
@@ -70,14 +73,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _running(state: State) -> dict[str, Any] | None:
+def _running(state: State) -> Health | None:
     """Health of the daemon on this user's socket, or ``None`` when none answers."""
     from modelctl.runtime import ping
 
     return ping(state.settings)
 
 
-def _add_listener(state: State, health: dict[str, Any], settings: Settings) -> None:
+def _add_listener(state: State, health: Health, settings: Settings) -> None:
     """Ask the daemon that already runs to open ``settings``' TCP listener too."""
     assert settings.http_port is not None
     pid, port, host = health.get("pid"), settings.http_port, settings.http_host
@@ -160,11 +163,6 @@ def start(
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
                                keep_alive=keep_alive)
-    if keep_alive is not None:
-        # runtime.spawn_daemon passes the child only some settings; keep-alive rides in
-        # the environment it copies (this process exits right after).
-        os.environ["MODELCTL_KEEP_ALIVE"] = (
-            "never" if settings.keep_alive is None else repr(settings.keep_alive))
     health, started = state.ensure_daemon(settings)
     if started and health.get("http"):
         output.hint(f"HTTP API on {health['http']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -18,6 +18,8 @@ from modelctl.units import format_bytes
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
+
+    from modelctl.wire import DevicesReport
 
 DEVICE_COLUMNS: list[output.Column] = [
     ("DEVICE", "left"), ("NAME", "left"), ("MEMORY", "left"), ("USED", "right"),
@@ -34,7 +36,15 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def device_rows(info: dict[str, Any]) -> list[list[Any]]:
+def device_rows(info: DevicesReport) -> list[list[Any]]:
+    if info.get("nodes"):  # a cluster: each node's cpu, then its GPUs
+        fleet_rows = []
+        for node in info.get("nodes") or ():
+            one = cast("DevicesReport", {"cpu": node.get("cpu") or {}, "cuda": node.get("cuda")})
+            for row in device_rows(one):
+                fleet_rows.append([row[0] if "/" in row[0] else f"{node.get('node')}/{row[0]}",
+                                   *row[1:]])
+        return fleet_rows
     cpu = info.get("cpu") or {}
     rows: list[list[Any]] = [[
         "cpu", f"{cpu.get('cores', '?')} cores",
@@ -54,7 +64,7 @@ def device_rows(info: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def devices_table(info: dict[str, Any]) -> Table:
+def devices_table(info: DevicesReport) -> Table:
     caption = None
     if not info.get("cuda_available") and info.get("cuda_error"):
         caption = f"cuda: {info['cuda_error']}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from modelctl.errors import GlobalOptionError
+
 
 class GlobalOptions:
     """The global options a command line gave (``None``: not given)."""
@@ -40,10 +42,6 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
 }
 
 _PATHS = {"socket", "runtime_dir"}
-
-
-class GlobalOptionError(ValueError):
-    """A global option without its value."""
 
 
 def split(args: list[str]) -> tuple[GlobalOptions, list[str]]:

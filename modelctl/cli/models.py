@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,9 @@ from modelctl.cli.state import State, get_state, static_registry
 from modelctl.errors import DaemonNotRunning, DaemonUnreachable, ModelNotInCache
 from modelctl.units import format_bytes
 
+if TYPE_CHECKING:
+    from modelctl.wire import CacheEntry
+
 # A load may download weights first: give it an hour before the CLI gives up waiting.
 LOAD_TIMEOUT = 3600.0
 
@@ -35,15 +38,16 @@ ENTRY_COLUMNS: list[output.Column] = [
 ]
 
 
-def entry_size(entry: dict[str, Any]) -> int | None:
+def entry_size(entry: CacheEntry) -> int | None:
     """What the copy costs where it lives: allocator bytes on cuda, parameter bytes on cpu."""
-    if str(entry.get("device", "")).startswith("cuda") and entry.get("device_bytes") is not None:
-        return int(entry["device_bytes"])
+    device_bytes = entry.get("device_bytes")
+    if str(entry.get("device", "")).startswith("cuda") and device_bytes is not None:
+        return int(device_bytes)
     size = entry.get("bytes")
     return int(size) if size is not None else None
 
 
-def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
+def entry_expiry(entry: CacheEntry, now: datetime) -> str:
     """When keep-alive ejects it: never (pinned or no keep-alive), not while in use."""
     if entry.get("pinned") or entry.get("keep_alive") is None:
         return "never"
@@ -52,7 +56,7 @@ def entry_expiry(entry: dict[str, Any], now: datetime) -> str:
     return output.until(entry.get("expires_at"), now)
 
 
-def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
+def entry_row(entry: CacheEntry, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
@@ -65,12 +69,39 @@ def entry_row(entry: dict[str, Any], now: datetime | None = None) -> list[str]:
     ]
 
 
-def print_entries(entries: list[dict[str, Any]]) -> None:
+def print_entries(entries: list[CacheEntry]) -> None:
     now = datetime.now(UTC)
+    if any("replica" in e for e in entries):  # a cluster's fleet view: where each copy is
+        output.print_table(FLEET_COLUMNS + ENTRY_COLUMNS, [
+            [str(e.get("node") or "-"), str(e.get("replica") or "-"), *entry_row(e, now)]
+            for e in entries])
+        return
     output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
 
 
-def _loaded(state: State) -> list[dict[str, Any]] | None:
+FLEET_COLUMNS: list[output.Column] = [("NODE", "left"), ("REPLICA", "left")]
+
+NodeOpt = Annotated[str | None, typer.Option(
+    "--node", metavar="NODE",
+    help="On a cluster: only this node (its Ray node name or node id prefix).")]
+
+
+def _require_cluster(state: State, flag: str) -> None:
+    """``flag`` means something only to a cluster: say so, rather than ignore it."""
+    client = state.client(timeout=30.0)
+    try:
+        cluster = bool(client.health().get("cluster"))
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc) from exc
+    finally:
+        client.close()
+    if not cluster:
+        raise typer.BadParameter("applies to a cluster only (`modelctl --url "
+                                 "http://HEAD:PORT ...`, see `modelctl cluster`)",
+                                 param_hint=flag)
+
+
+def _loaded(state: State) -> list[CacheEntry] | None:
     """The loaded entries, or ``None`` when no daemon runs on this user's socket."""
     if state.surely_no_daemon():
         return None
@@ -110,21 +141,29 @@ def load(
     properties: Annotated[str | None, typer.Option(
         "--properties", metavar="JSON",
         help="A custom model's modelProperties (Marqo's shape), as JSON or @file.json.")] = None,
+    copies: Annotated[int | None, typer.Option(
+        "--copies", metavar="N", min=1, max=64,
+        help="On a cluster: load it on N replicas (holders first, then the most free).")
+    ] = None,
+    node: NodeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (starting the daemon if none runs) and show its entry."""
     props = local_properties(json_object_value(properties, "--properties"))
     name = local_model_name(name)
     seconds = duration_value(keep_alive, "--keep-alive")
-    client = get_state(ctx).started_client(timeout=LOAD_TIMEOUT)
+    state = get_state(ctx)
+    if copies is not None or node is not None:
+        _require_cluster(state, "--copies" if copies is not None else "--node")
+    client = state.started_client(timeout=LOAD_TIMEOUT)
     where = f" on {device}" if device else ""
     with output.activity(f"loading {name}{where}"):
         entry = client.load_model(name, device, pin=True if pin else None, keep_alive=seconds,
-                                  properties=props)
+                                  properties=props, copies=copies, node=node)
     if as_json:
         output.print_json(entry)
     else:
-        print_entries([entry])
+        print_entries(entry.get("copies") or [entry])
 
 
 def eject(
@@ -135,6 +174,7 @@ def eject(
         "--all", help="Eject every model (on --device only, if given).")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Do not wait for requests in flight to finish.")] = False,
+    node: NodeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Eject a model and hand its memory back. Never starts a daemon."""
@@ -143,10 +183,12 @@ def eject(
     if not all_ and not name:
         raise typer.BadParameter("give the NAME of a loaded model, or --all", param_hint="NAME")
     state = get_state(ctx)
+    if node is not None:
+        _require_cluster(state, "--node")
     client = state.client()
     try:
         with output.activity(f"ejecting {name or 'every model'}"):
-            result = client.eject(name, device, all=all_, force=force)
+            result = client.eject(name, device, all=all_, force=force, node=node)
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
@@ -164,7 +206,8 @@ def eject(
         if str(item.get("device", "")).startswith("cuda") and item.get("device_bytes_freed"):
             freed = item["device_bytes_freed"]
         tail = f", freed {format_bytes(freed)}" if freed is not None else ""
-        output.say(f"ejected {item.get('name')} from {item.get('device')}{tail}")
+        where = f" on {item['node']}/{item.get('replica')}" if item.get("node") else ""
+        output.say(f"ejected {item.get('name')} from {item.get('device')}{where}{tail}")
 
 
 def _not_loaded(exc: ModelNotInCache) -> ModelNotInCache:

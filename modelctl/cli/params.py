@@ -2,8 +2,8 @@
 
 Parsers for values Typer cannot check itself (sizes, durations, JSON) live here too and
 raise ``typer.BadParameter``, so a bad value is a usage error (exit 2) that names its flag.
-Which values complete from where (the daemon's models, devices, files) is complete.py's
-``SOURCES``, keyed by these flags and metavars.
+Which values complete from where (the daemon's models, devices, files) is
+``completion/responder.py``'s ``SOURCES``, keyed by these flags and metavars.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``client()`` never starts anything; ``started_client()`` starts a daemon when none runs
 (only ``load`` and ``embed`` use it). With ``--url`` every call goes over HTTP to that
 server, and nothing is ever started. No typer at run time: shell completion
-(complete.py) builds its settings here too.
+(completion/responder.py) builds its settings here too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import typer
 
     from modelctl.client import Client
+    from modelctl.wire import Health
 
 
 def build_settings(*, socket: Path | None = None, url: str | None = None,
@@ -62,7 +63,7 @@ class State:
             self.ensure_daemon()
         return self.client(timeout)
 
-    def ensure_daemon(self, settings: Settings | None = None) -> tuple[dict[str, Any], bool]:
+    def ensure_daemon(self, settings: Settings | None = None) -> tuple[Health, bool]:
         """Start the daemon unless one answers; say so on stderr. Returns health, started."""
         from modelctl import runtime
         from modelctl.cli.output import activity, hint
@@ -94,7 +95,7 @@ class State:
         return DaemonNotRunning(f"{exc.message}; start one with `modelctl daemon start`")
 
 
-def check_version(health: dict[str, Any]) -> None:
+def check_version(health: Health) -> None:
     """Say so when the daemon that answers is another version than this CLI."""
     version = health.get("version")
     if version and version != __version__:

@@ -69,7 +69,7 @@ def error_response(exc: ApiError, headers: Mapping[str, str] | None = None) -> J
 
 
 class ErrorBody(BaseModel):
-    """The contract's error body (shared/CONTRACT.md)."""
+    """The contract's error body (docs/MARQO.md)."""
 
     message: str
     code: str

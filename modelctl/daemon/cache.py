@@ -45,6 +45,7 @@ from modelctl.errors import (
     ServiceUnavailable,
 )
 from modelctl.units import format_bytes, iso_from_timestamp
+from modelctl.wire import CacheEntry, EjectedModel
 
 log = logging.getLogger("modelctl.cache")
 
@@ -52,7 +53,7 @@ log = logging.getLogger("modelctl.cache")
 # the model anyway and fails them: long enough for a big batch on a busy cpu, short
 # enough that a stuck request cannot pin a model forever; --force skips the wait.
 DRAIN_TIMEOUT_S = 300.0
-Ejected = dict[str, Any]
+Ejected = EjectedModel
 # Aliases: inside ModelCache, ``list`` names its method.
 _Entries = list["Entry"]
 _Results = list[Ejected]
@@ -104,7 +105,7 @@ class Entry:
             return None
         return self.last_used + self.keep_alive
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> CacheEntry:
         model = self.model
         return {
             "name": self.name, "canonical_name": self.spec.name, "device": self.device,

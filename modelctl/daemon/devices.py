@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument
+from modelctl.wire import CpuReport, CudaReport
 
 _DEVICE_RE = re.compile(r"^\s*(cpu|cuda)(?::(\d{1,3}))?\s*$", re.IGNORECASE)
 NO_CUDA_MESSAGE = "CUDA is not available on this instance"
@@ -172,7 +173,7 @@ def torch_memory(index: int) -> tuple[int | None, int | None]:
             _query(lambda: int(torch.cuda.memory_reserved(index))))
 
 
-def cpu_report(sampler: CpuSampler) -> dict[str, Any]:
+def cpu_report(sampler: CpuSampler) -> CpuReport:
     vm = psutil.virtual_memory()
     return {
         "device": "cpu",
@@ -185,8 +186,8 @@ def cpu_report(sampler: CpuSampler) -> dict[str, Any]:
     }
 
 
-def cuda_reports(nvml: Nvml) -> list[dict[str, Any]]:
-    reports = []
+def cuda_reports(nvml: Nvml) -> list[CudaReport]:
+    reports: list[CudaReport] = []
     for index in range(cuda_device_count()):
         reading = nvml.read(index)
         allocated, reserved = torch_memory(index)

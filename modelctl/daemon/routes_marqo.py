@@ -1,4 +1,4 @@
-"""Marqo's model-cache and device routes, exactly as shared/CONTRACT.md describes them."""
+"""Marqo's model-cache and device routes, exactly as docs/MARQO.md describes them."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ from modelctl.errors import (
     ModelNotInCache,
     Unprocessable,
 )
+from modelctl.wire import (
+    MarqoCpu,
+    MarqoCuda,
+    MarqoCudaDevice,
+    MarqoEjected,
+    MarqoModels,
+    MarqoRoot,
+)
 
 router = APIRouter(tags=["marqo"])
 
@@ -38,8 +46,9 @@ def _json(body: bytes) -> Response:
 
 @fast_get("/")
 def root_body(state: DaemonState) -> bytes:
-    return dump_json({"message": "Welcome to modelctl, a Marqo-compatible model cache",
-                      "version": state.version})
+    body: MarqoRoot = {"message": "Welcome to modelctl, a Marqo-compatible model cache",
+                       "version": state.version}
+    return dump_json(body)
 
 
 @router.get("/", summary="Version (read by Marqo's 3.x client)")
@@ -49,9 +58,10 @@ async def root(request: Request) -> Response:
 
 @fast_get("/models")
 def models_body(state: DaemonState) -> bytes:
-    return dump_json({"models": [
+    body: MarqoModels = {"models": [
         {"model_name": e.name, "model_device": display_device(e.device)}
-        for e in state.cache.list() if e.state == "ready"]})
+        for e in state.cache.list() if e.state == "ready"]}
+    return dump_json(body)
 
 
 @router.get("/models", summary="Loaded models (Marqo)")
@@ -82,8 +92,9 @@ async def delete_models(request: Request,
         await state.cache.eject(state.spec_name(model_name), device)
     except ModelNotInCache:
         raise not_found from None
-    return json_bytes({"result": "success",
-                       "message": eject_message(model_name, [model_device])})
+    body: MarqoEjected = {"result": "success",
+                          "message": eject_message(model_name, [model_device])}
+    return json_bytes(body)
 
 
 async def _eject_everywhere(state: DaemonState, model_name: str) -> Response:
@@ -95,11 +106,12 @@ async def _eject_everywhere(state: DaemonState, model_name: str) -> Response:
     except ModelNotInCache:
         raise not_found from None
     devices = [display_device(e["device"]) for e in ejected]
-    return json_bytes({"result": "success", "message": eject_message(model_name, devices)})
+    body: MarqoEjected = {"result": "success", "message": eject_message(model_name, devices)}
+    return json_bytes(body)
 
 
 def eject_message(model_name: str, devices: list[str]) -> str:
-    """Marqo's success message; for several devices, modelctl's plural form (CONTRACT.md)."""
+    """Marqo's success message; for several devices, modelctl's plural form (docs/MARQO.md)."""
     where = (f"device `{devices[0]}`" if len(devices) == 1
              else "devices " + ", ".join(f"`{d}`" for d in devices))
     return f"successfully eject model_name `{model_name}` from {where}"
@@ -108,11 +120,12 @@ def eject_message(model_name: str, devices: list[str]) -> str:
 @fast_get("/device/cpu")
 def cpu_body(state: DaemonState) -> bytes:
     vm = psutil.virtual_memory()
-    return dump_json({
+    body: MarqoCpu = {
         "cpu_usage_percent": f"{state.cpu.percent:.1f} %",
         "memory_used_percent": f"{vm.percent:.1f} %",
         "memory_used_gb": f"{vm.used / 1e9:.1f}",
-    })
+    }
+    return dump_json(body)
 
 
 @router.get("/device/cpu", summary="CPU and memory use (Marqo)")
@@ -129,7 +142,7 @@ async def device_cuda(request: Request) -> Response:
     if count == 0:
         raise HardwareCompatibilityError(NO_CUDA_MESSAGE)
     torch: Any = sys.modules["torch"]
-    devices = []
+    devices: list[MarqoCudaDevice] = []
     for index in range(count):
         reading = state.nvml.read(index)
         allocated, _ = torch_memory(index)
@@ -144,4 +157,5 @@ async def device_cuda(request: Request) -> Response:
             "utilization": f"{util:.1f} %" if util is not None else "N/A",
             "memory_used_percent": f"{(allocated or 0) / total * 100:.1f} %",
         })
-    return json_bytes({"cuda_devices": devices})
+    body: MarqoCuda = {"cuda_devices": devices}
+    return json_bytes(body)

@@ -18,6 +18,7 @@ from modelctl.daemon.metrics import CONTENT_TYPE
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import InvalidArgument, ModelNotInCache
 from modelctl.units import parse_keep_alive
+from modelctl.wire import DevicesReport, EjectResult, Health
 
 router = APIRouter(prefix="/v1", tags=["native"])
 metrics_router = APIRouter(tags=["native"])
@@ -70,13 +71,14 @@ class ListenerRequest(BaseModel):
 @router.get("/health", summary="Liveness and version")
 async def health(request: Request) -> Response:
     state = _state(request)
-    return json_bytes({
+    health: Health = {
         "status": "ok", "version": state.version, "pid": state.pid,
         "uptime_s": round(time.monotonic() - state.started, 3),
         "torch_ready": state.torch_is_ready, "socket": str(state.settings.socket_path),
         "http": state.http_urls[0] if state.http_urls else None,
         "preload": state.preload_status,
-    })
+    }
+    return json_bytes(health)
 
 
 @router.get("/models", summary="Loaded models, full detail")
@@ -128,8 +130,9 @@ async def eject_model(request: Request, name: str | None = Query(None, max_lengt
         raise InvalidArgument("name is required (or all=true)")
     else:
         ejected = await state.cache.eject(state.spec_name(name), canonical_device, force=force)
-    return json_bytes({"ejected": ejected,
-                       "bytes_freed": sum(e["bytes_freed"] or 0 for e in ejected)})
+    result: EjectResult = {"ejected": ejected,
+                           "bytes_freed": sum(e["bytes_freed"] or 0 for e in ejected)}
+    return json_bytes(result)
 
 
 @router.get("/registry", summary="Known model names")
@@ -151,16 +154,17 @@ async def devices(request: Request) -> Response:
     for entry in state.cache.list():
         held[entry.device] = held.get(entry.device, 0) + entry.held_bytes
     cpu = cpu_report(state.cpu)
-    cpu.update(budget=state.budgets.budget("cpu"), models_bytes=held.get("cpu", 0))
+    cpu.update({"budget": state.budgets.budget("cpu"), "models_bytes": held.get("cpu", 0)})
     await state.torch_ready()
     cuda = await asyncio.to_thread(cuda_reports, state.nvml)
     for report in cuda:
-        report.update(budget=state.budgets.budget(report["device"]),
-                      models_bytes=held.get(report["device"], 0))
+        report.update({"budget": state.budgets.budget(report["device"]),
+                       "models_bytes": held.get(report["device"], 0)})
     available = cuda_device_count() > 0
-    return json_bytes({"cpu": cpu, "cuda": cuda, "cuda_available": available,
-                       "cuda_error": None if available else
-                       "CUDA is not available on this instance"})
+    answer: DevicesReport = {"cpu": cpu, "cuda": cuda, "cuda_available": available,
+                             "cuda_error": None if available else
+                             "CUDA is not available on this instance"}
+    return json_bytes(answer)
 
 
 @router.post("/listeners", summary="Open a TCP listener on the running daemon (socket only)")

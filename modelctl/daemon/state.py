@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from modelctl import __version__
 from modelctl.config import PreloadItem, Settings
@@ -26,6 +25,7 @@ from modelctl.daemon.loaders import spec_for
 from modelctl.daemon.loaders.registry import lookup
 from modelctl.daemon.metrics import Metrics
 from modelctl.errors import ApiError
+from modelctl.wire import PreloadStatus
 
 log = logging.getLogger("modelctl.daemon")
 
@@ -57,7 +57,7 @@ class DaemonState:
         self._torch: asyncio.Future[None] | None = None
         self.metrics.watch(self.cache.list, self.known_budgets)  # calls known_budgets now
         self.pixel_gate = PixelGate(settings.limits.max_inflight_pixels)
-        self.preload_status: list[dict[str, Any]] = []
+        self.preload_status: list[PreloadStatus] = []
         self.http_urls: list[str] = []
         self.open_listener: Callable[[str, int, str | None], Awaitable[str]] | None = None
 
@@ -152,13 +152,14 @@ class DaemonState:
 
     async def _preload(self, items: tuple[PreloadItem, ...]) -> None:
         # Every item is in preload_status (/v1/health) before the first load starts.
-        statuses = [{"name": item.name, "device": item.device, "state": "loading",
-                     "error": None} for item in items]
+        statuses: list[PreloadStatus] = [
+            {"name": item.name, "device": item.device, "state": "loading", "error": None}
+            for item in items]
         self.preload_status.extend(statuses)
         await asyncio.gather(*(self._preload_one(item, status)
                                for item, status in zip(items, statuses, strict=True)))
 
-    async def _preload_one(self, item: PreloadItem, status: dict[str, Any]) -> None:
+    async def _preload_one(self, item: PreloadItem, status: PreloadStatus) -> None:
         """Load one preload item; a failure is logged and kept in ``status``, never fatal."""
         try:
             spec = spec_for(item.name, item.properties, local_paths=True)
@@ -170,10 +171,10 @@ class DaemonState:
             await self.cache.load(spec, device, name=item.name)
             status["state"] = "ready"
         except ApiError as exc:
-            status.update(state="failed", error=exc.message)
+            status.update({"state": "failed", "error": exc.message})
             log.error("preloading %s failed: %s", item.name, exc.message)
         except Exception as exc:
-            status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+            status.update({"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
             log.exception("preloading %s failed", item.name)
 
     async def close(self) -> None:

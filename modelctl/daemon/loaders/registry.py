@@ -139,7 +139,6 @@ _SPECS: tuple[ModelSpec, ...] = (
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 ALIASES: dict[str, str] = {alias: spec.name for spec in _SPECS for alias in spec.aliases}
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def lookup(name: str) -> ModelSpec | None:
@@ -172,8 +171,3 @@ def list_registry() -> list[dict[str, Any]]:
          "modalities": list(spec.modalities), "aliases": list(spec.aliases)}
         for spec in _SPECS
     ]
-
-
-def all_names() -> list[str]:
-    """Every name and alias, for completion."""
-    return [spec.name for spec in _SPECS] + sorted(ALIASES)

@@ -174,11 +174,3 @@ def resolve_hub_file(repo_id: str, filenames: list[str], offline: bool) -> Path:
         except Exception as exc:
             errors.append(f"{filename}: {exc}")
     raise WeightsNotFound(f"could not download {repo_id}: {'; '.join(errors)}")
-
-
-def resolve_local_file(path: str) -> Path:
-    """A checkpoint file given by path; ``WeightsNotFound`` if it is not there."""
-    local = Path(path).expanduser()
-    if not local.exists():
-        raise WeightsNotFound(f"no checkpoint at {local}")
-    return local

@@ -1,7 +1,7 @@
 """``modelctl completion show|install``: completion scripts for bash, zsh and fish.
 
 Every script sends the command line up to the cursor to ``modelctl`` itself
-(``_MODELCTL_COMPLETE=SHELL _MODELCTL_COMPLETE_LINE=LINE modelctl``; complete.py answers
+(``_MODELCTL_COMPLETE=SHELL _MODELCTL_COMPLETE_LINE=LINE modelctl``; responder.py answers
 without importing typer), so candidates come from the app's own commands and the running
 daemon. Python splits the line, which keeps words with ``:`` and ``/`` whole
 (``cuda:0``, ``open_clip/ViT-B-32/laion2b_s34b_b79k``); bash has already split its
@@ -143,13 +143,10 @@ complete --command modelctl --no-files --arguments '(__modelctl_complete)'
 
 SCRIPTS = {Shell.bash: BASH, Shell.zsh: ZSH, Shell.fish: FISH}
 
-# Where `completion install` puts each script, and the file name the repository uses.
-FILE_NAMES = {Shell.bash: "modelctl.bash", Shell.zsh: "_modelctl", Shell.fish: "modelctl.fish"}
-
 
 def script(shell: Shell | str) -> str:
     """The completion script for ``shell``, with the app's path-valued flags filled in."""
-    from modelctl.cli.complete import file_options
+    from modelctl.cli.completion.responder import file_options
 
     shell = Shell(shell)
     separator = " " if shell is Shell.fish else "|"

@@ -1,6 +1,6 @@
 """Where completion candidates come from: the running daemon, else what this machine shows.
 
-complete.py calls these on every <TAB>, so they are fast and silent (any failure means
+responder.py calls these on every <TAB>, so they are fast and silent (any failure means
 "no candidates") and never start a daemon: with no socket file there is nothing to ask,
 and the HTTP client is not even imported. Each candidate is ``(value, description)``.
 """
@@ -16,6 +16,7 @@ from modelctl.config import Settings
 
 if TYPE_CHECKING:
     from modelctl.client import Client
+    from modelctl.wire import CacheEntry
 
 T = TypeVar("T")
 Candidate = tuple[str, str]
@@ -46,7 +47,7 @@ def _ask(settings: Settings, call: Callable[[Client], T]) -> T | None:
         client.close()
 
 
-def _where(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _where(entries: list[CacheEntry]) -> dict[str, list[str]]:
     """Loaded name -> the devices it is loaded on, in load order."""
     found: dict[str, list[str]] = {}
     for entry in entries:
@@ -78,7 +79,7 @@ def model_names(settings: Settings) -> list[Candidate]:
     The registry comes from the daemon when one runs (it knows configured custom models),
     else from the one built in.
     """
-    def fetch(client: Client) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def fetch(client: Client) -> tuple[list[CacheEntry], list[dict[str, Any]]]:
         return client.list_models(), client.registry()
 
     answer = _ask(settings, fetch)

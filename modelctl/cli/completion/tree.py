@@ -1,7 +1,7 @@
 """The command tree, for shell completion (generated: do not edit).
 
 Written by ``scripts/gen-completions`` from every command's ``--help``
-(``modelctl.cli.surface``), so that completion never imports typer (complete.py).
+(``scripts/cli_surface.py``), so that completion never imports typer (responder.py).
 """
 # ruff: noqa: E501
 
@@ -25,6 +25,7 @@ TREE: dict[str, dict[str, Any]] = {
             'serve': 'Run the daemon in the foreground (Ctrl-C stops it); --http adds a TCP listener',
             'daemon': 'Start, stop and inspect the background daemon',
             'completion': 'Shell completion for bash, zsh and fish',
+            'cluster': "Run modelctl across hosts as a Ray Serve application (needs `pip install 'modelctl[ray]'` and a running Ray cluster)",
         },
         'arguments': [],
         'options': [
@@ -56,6 +57,8 @@ TREE: dict[str, dict[str, Any]] = {
             [['--pin'], None, 'Never evict or expire it; only `modelctl eject` removes it.'],
             [['--keep-alive'], 'DURATION', 'Eject the model after it has been idle this long (30s, 10m, 1h; -1: never).'],
             [['--properties'], 'JSON', "A custom model's modelProperties (Marqo's shape), as JSON or @file.json."],
+            [['--copies'], 'N', 'On a cluster: load it on N replicas (holders first, then the most free).  [1<=x<=64]'],
+            [['--node'], 'NODE', 'On a cluster: only this node (its Ray node name or node id prefix).'],
             [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
             [['-h', '--help'], None, 'Show this message and exit.'],
         ],
@@ -70,6 +73,7 @@ TREE: dict[str, dict[str, Any]] = {
             [['-d', '--device'], 'DEVICE', 'Only the copy on this device [default: every device it is loaded on].'],
             [['--all'], None, 'Eject every model (on --device only, if given).'],
             [['--force'], None, 'Do not wait for requests in flight to finish.'],
+            [['--node'], 'NODE', 'On a cluster: only this node (its Ray node name or node id prefix).'],
             [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
             [['-h', '--help'], None, 'Show this message and exit.'],
         ],
@@ -242,6 +246,79 @@ TREE: dict[str, dict[str, Any]] = {
             ['SHELL', False, ['bash', 'zsh', 'fish']],
         ],
         'options': [
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'cluster': {
+        'summary': "Run modelctl across hosts as a Ray Serve application (needs `pip install 'modelctl[ray]'` and a running Ray cluster)",
+        'commands': {
+            'up': 'Deploy modelctl on a running Ray cluster and wait until every replica is ready',
+            'status': "Show the application's state and every replica the fleet registry hears from",
+            'down': 'Delete the modelctl application from the Ray cluster (Ray itself keeps running)',
+            'config': 'Print the Serve config (YAML) for `serve deploy` or a KubeRay RayService',
+        },
+        'arguments': [],
+        'options': [
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'cluster up': {
+        'summary': 'Deploy modelctl on a running Ray cluster and wait until every replica is ready',
+        'commands': {},
+        'arguments': [],
+        'options': [
+            [['--address'], 'HOST:PORT', "The Ray cluster's address (`ray start --head` prints it) [default: RAY_ADDRESS, else the cluster started on this host]."],
+            [['--http'], 'PORT', "Port of Serve's HTTP listener.  [default: 8882; 1<=x<=65535]"],
+            [['--host'], 'HOST', "Address Serve's HTTP listener binds on every node. [default: 127.0.0.1]"],
+            [['--proxy-location'], 'WHERE', 'Where Serve runs HTTP proxies: EveryNode (each node with replicas) or HeadOnly.  [default: EveryNode]'],
+            [['--api-key'], 'KEY', 'Require this key (x-api-key or Bearer) on every TCP request.'],
+            [['--gpus'], 'N', "GPUs to spread replicas over [default: the cluster's GPUs now].  [x>=0]"],
+            [['--replicas-per-gpu'], 'N', 'Replicas sharing each GPU (each reserves 1/N of it). [default: 1; 1<=x<=16]'],
+            [['--cpu-replicas'], 'N', 'Replicas that run models on cpu.  [default: 0; 0<=x<=256]'],
+            [['--replica-cpus'], 'N', 'Ray CPUs each replica reserves.  [default: 1.0; x>=0.0]'],
+            [['--max-cpu-memory'], 'SIZE', 'Budget for models on cpu (4GiB, 512MB).'],
+            [['--max-cuda-memory'], 'SIZE', 'Budget for models on each GPU (8GiB).'],
+            [['--keep-alive'], 'DURATION', 'Default idle time before a model is ejected (10m; -1: never) [default: never].'],
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'cluster status': {
+        'summary': "Show the application's state and every replica the fleet registry hears from",
+        'commands': {},
+        'arguments': [],
+        'options': [
+            [['--address'], 'HOST:PORT', "The Ray cluster's address (`ray start --head` prints it) [default: RAY_ADDRESS, else the cluster started on this host]."],
+            [['--json'], None, 'Print JSON on stdout (only the JSON document; hints go to stderr).'],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'cluster down': {
+        'summary': 'Delete the modelctl application from the Ray cluster (Ray itself keeps running)',
+        'commands': {},
+        'arguments': [],
+        'options': [
+            [['--address'], 'HOST:PORT', "The Ray cluster's address (`ray start --head` prints it) [default: RAY_ADDRESS, else the cluster started on this host]."],
+            [['-h', '--help'], None, 'Show this message and exit.'],
+        ],
+    },
+    'cluster config': {
+        'summary': 'Print the Serve config (YAML) for `serve deploy` or a KubeRay RayService',
+        'commands': {},
+        'arguments': [],
+        'options': [
+            [['--address'], 'HOST:PORT', "The Ray cluster's address (`ray start --head` prints it) [default: RAY_ADDRESS, else the cluster started on this host]."],
+            [['--http'], 'PORT', "Port of Serve's HTTP listener.  [default: 8882; 1<=x<=65535]"],
+            [['--host'], 'HOST', "Address Serve's HTTP listener binds on every node. [default: 0.0.0.0]"],
+            [['--proxy-location'], 'WHERE', 'Where Serve runs HTTP proxies: EveryNode (each node with replicas) or HeadOnly.  [default: EveryNode]'],
+            [['--api-key'], 'KEY', 'Require this key (x-api-key or Bearer) on every TCP request.'],
+            [['--gpus'], 'N', "GPUs to spread replicas over [default: the cluster's GPUs now].  [x>=0]"],
+            [['--replicas-per-gpu'], 'N', 'Replicas sharing each GPU (each reserves 1/N of it). [default: 1; 1<=x<=16]'],
+            [['--cpu-replicas'], 'N', 'Replicas that run models on cpu.  [default: 0; 0<=x<=256]'],
+            [['--replica-cpus'], 'N', 'Ray CPUs each replica reserves.  [default: 1.0; x>=0.0]'],
+            [['--max-cpu-memory'], 'SIZE', 'Budget for models on cpu (4GiB, 512MB).'],
+            [['--max-cuda-memory'], 'SIZE', 'Budget for models on each GPU (8GiB).'],
+            [['--keep-alive'], 'DURATION', 'Default idle time before a model is ejected (10m; -1: never) [default: never].'],
             [['-h', '--help'], None, 'Show this message and exit.'],
         ],
     },

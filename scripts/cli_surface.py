@@ -1,10 +1,9 @@
 """The CLI's public surface, read from its own ``--help`` output.
 
-The completion spec (``completion_spec.py``) and the man page (``man/modelctl.1``) are
-generated from what ``modelctl CMD --help`` prints for every command, so they list
-exactly what a person sees, and nothing here reaches into Typer's or click's internals.
-Only the generators (``scripts/gen-completions``, ``scripts/gen-man``) and tests import
-this module.
+The completion tree (``modelctl/cli/completion/tree.py``) and the man page
+(``man/modelctl.1``) are generated from what ``modelctl CMD --help`` prints for every
+command, so they list exactly what a person sees, and nothing here reaches into Typer's
+or click's internals. Only the generators (``gen-completions``, ``gen-man``) import it.
 """
 
 from __future__ import annotations
@@ -193,12 +192,12 @@ def completion_tree(root: Command) -> dict[str, dict[str, Any]]:
     return tree
 
 
-def completion_spec_source(root: Command) -> str:
-    """The text of ``modelctl/cli/completion_spec.py``."""
+def tree_source(root: Command) -> str:
+    """The text of ``modelctl/cli/completion/tree.py``."""
     return (
         '"""The command tree, for shell completion (generated: do not edit).\n\n'
         "Written by ``scripts/gen-completions`` from every command's ``--help``\n"
-        "(``modelctl.cli.surface``), so that completion never imports typer (complete.py).\n"
+        "(``scripts/cli_surface.py``), so that completion never imports typer (responder.py).\n"
         '"""\n'
         "# ruff: noqa: E501\n\n"
         "from __future__ import annotations\n\n"

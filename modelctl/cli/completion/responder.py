@@ -1,6 +1,6 @@
 """Shell completion, answered without importing typer.
 
-The scripts of completion.py call ``modelctl`` with ``_MODELCTL_COMPLETE`` set to the
+The scripts of shell_scripts.py call ``modelctl`` with ``_MODELCTL_COMPLETE`` set to the
 shell's name and ``_MODELCTL_COMPLETE_LINE`` to the command line up to the cursor.
 ``main()`` hands such a request to ``respond()``, which prints one candidate per line,
 ``value<TAB>description`` (bash drops the description), and nothing else, ever; the exit
@@ -10,8 +10,8 @@ Why not Typer's own completion: Typer 0.29 checks every non-flag parameter of th
 command being completed with pydantic, so each <TAB> imported pydantic (~40 ms) on top of
 typer and every command module: ``eject <TAB>`` took 200 ms on a busy two-core machine.
 Here the command tree is data generated from the app's own ``--help``
-(completion_spec.py, by ``scripts/gen-completions``; a test fails when it drifts), and
-the values come from ``SOURCES`` below and completers.py.
+(tree.py, by ``scripts/gen-completions``; a test fails when it drifts), and
+the values come from ``SOURCES`` below and sources.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from modelctl.cli import global_options
-from modelctl.cli.completion_spec import TREE
+from modelctl.cli.completion.tree import TREE
 
 LINE_VAR = "_MODELCTL_COMPLETE_LINE"
 
@@ -68,6 +68,15 @@ for _command in ("serve", "daemon start"):
     for _flag in ("--http", "--host", "--api-key", "--max-cpu-memory", "--max-cuda-memory",
                   "--keep-alive"):
         SOURCES[(_command, _flag)] = ""
+# On a cluster (`modelctl cluster`): node names come from no daemon; free text.
+SOURCES.update({("load", "--copies"): "", ("load", "--node"): "", ("eject", "--node"): ""})
+for _command in ("cluster up", "cluster config"):
+    for _flag in ("--address", "--http", "--host", "--proxy-location", "--api-key", "--gpus",
+                  "--replicas-per-gpu", "--cpu-replicas", "--replica-cpus",
+                  "--max-cpu-memory", "--max-cuda-memory", "--keep-alive"):
+        SOURCES[(_command, _flag)] = ""
+for _command in ("cluster status", "cluster down"):
+    SOURCES[(_command, "--address")] = ""
 
 _ENDS_LINE = ("-h", "--help", "--version")
 
@@ -203,19 +212,19 @@ def _values(pos: _Position, key: str, incomplete: str,
             (a[2] for a in TREE[pos.path]["arguments"] if a[0] == key), [])
         found = [(str(c), "") for c in choices]
     else:
-        from modelctl.cli import completers
+        from modelctl.cli.completion import sources
         from modelctl.cli.state import build_settings
 
         given, _ = global_options.split(pos.global_words)
         settings = build_settings(**given.as_overrides(), environ=environ)
         if kind == "loaded":
-            found = completers.loaded_names(settings)
+            found = sources.loaded_names(settings)
         elif kind == "loaded_devices":
-            found = completers.loaded_devices(settings, pos.args[0] if pos.args else None)
+            found = sources.loaded_devices(settings, pos.args[0] if pos.args else None)
         elif kind == "models":
-            found = completers.model_names(settings)
+            found = sources.model_names(settings)
         else:
-            found = completers.machine_devices(settings, environ)
+            found = sources.machine_devices(settings, environ)
     return [(value, text) for value, text in found if value.startswith(incomplete)]
 
 
