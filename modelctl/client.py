@@ -74,6 +74,20 @@ TRANSPORT_ERRORS: dict[type[Exception], tuple[type[DaemonError], str]] = {
 _CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ServerClosed)
 
 
+def _daemon_alive(socket_path: Path) -> bool:
+    """Whether the status file beside ``socket_path`` names it and a live process."""
+    import os
+
+    try:
+        status = json.loads((socket_path.parent / "modelctl.json").read_text())
+        if status.get("socket") != str(socket_path):
+            return False
+        os.kill(int(status["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def transport_error(exc: Exception, where: str) -> DaemonError | None:
     """The error to raise for transport failure ``exc``, or ``None`` to let it pass."""
     found: tuple[type[DaemonError], str] | None = None
@@ -132,7 +146,7 @@ class Client:
         if url is None and socket_path is None:
             from modelctl.config import Settings
 
-            settings = Settings.from_env()
+            settings = Settings.from_env(strict=False)  # the daemon's knobs are its own
             url = settings.url
             socket_path = settings.socket_path
             if url:
@@ -200,6 +214,12 @@ class Client:
                 self.close()
                 if attempt == 0 and reused and isinstance(exc, _CLOSED_WHILE_IDLE):
                     continue
+                if isinstance(exc, ConnectionRefusedError) and self.socket_path and \
+                        not self.url and _daemon_alive(Path(self.socket_path)):
+                    # A live daemon's socket refusing: overloaded, not missing.
+                    raise DaemonUnreachable(
+                        f"a modelctl daemon runs at {self.where} but refused the connection "
+                        "(overloaded, or out of file descriptors); try again") from exc
                 if attempt == 0 and self.autostart and not self.url and \
                         isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
                     self._start_daemon()

@@ -109,11 +109,13 @@ def _fail(exc: BaseException, message: str, code: int) -> None:
         import traceback
 
         traceback.print_exception(exc)
+    from modelctl.cli.output import printable_lines
+
     try:
         if _as_json:
             sys.stderr.write(_json_error(exc, message, code) + "\n")
         else:
-            sys.stderr.write(f"modelctl: error: {message}\n")
+            sys.stderr.write(f"modelctl: error: {printable_lines(message)}\n")
         sys.stderr.flush()
     except BrokenPipeError:
         pass

@@ -140,6 +140,7 @@ def serve(
         "--preload", metavar="NAME", help="Load this model at start; repeatable.")] = None,
 ) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it); --http adds a TCP listener."""
+    Settings.from_env()  # the daemon's knobs, checked strictly: a bad one fails here
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
@@ -176,6 +177,7 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the daemon in the background (nothing happens if one runs)."""
+    Settings.from_env()  # the daemon's knobs, checked strictly: a bad one fails here
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
@@ -309,6 +311,9 @@ def logs(
 
 def _follow(path: Path) -> None:
     """Print what is appended to ``path``; start over when it is replaced or truncated."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     f: IO[bytes] | None = None
     inode = None
     skip_to_end = path.exists()  # its tail was printed already
@@ -325,8 +330,9 @@ def _follow(path: Path) -> None:
             inode = os.fstat(f.fileno()).st_ino
         chunk = f.read()
         if chunk:
-            sys.stdout.buffer.write(chunk)  # bytes: a read may end inside a UTF-8 character
-            sys.stdout.buffer.flush()
+            # Decoded incrementally: a read may end inside a UTF-8 character.
+            sys.stdout.write(output.printable_lines(decoder.decode(chunk)))
+            sys.stdout.flush()
             continue
         time.sleep(0.25)
         try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelctl.cli import output
-from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg
+from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg, local_model_name
 from modelctl.cli.state import get_state
 from modelctl.errors import ModelctlError
 
@@ -123,6 +123,7 @@ def embed(
     if query and document:
         raise typer.BadParameter("give --query or --document, not both", param_hint="--query")
     items = collect_inputs(texts, images)
+    name = local_model_name(name)
     client = get_state(ctx).started_client()
     options: dict[str, Any] = {"device": device, "normalize": normalize,
                                "input_type": "query" if query else

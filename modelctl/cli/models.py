@@ -19,9 +19,11 @@ from modelctl.cli.params import (
     OptionalLoadedModelArg,
     duration_value,
     json_object_value,
+    local_model_name,
+    local_properties,
 )
 from modelctl.cli.state import State, get_state, static_registry
-from modelctl.errors import DaemonNotRunning, ModelNotInCache
+from modelctl.errors import DaemonNotRunning, DaemonUnreachable, ModelNotInCache
 from modelctl.units import format_bytes
 
 if TYPE_CHECKING:
@@ -118,6 +120,8 @@ def _loaded(state: State) -> list[CacheEntry] | None:
     client = state.client(timeout=30.0)
     try:
         return client.list_models()
+    except DaemonUnreachable:
+        raise  # a daemon runs and refuses: not "nothing is loaded"
     except DaemonNotRunning as exc:
         if state.settings.url:  # a server named on purpose: not answering is an error
             raise state.no_daemon(exc) from exc
@@ -157,7 +161,8 @@ def load(
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (starting the daemon if none runs) and show its entry."""
-    props = json_object_value(properties, "--properties")
+    props = local_properties(json_object_value(properties, "--properties"))
+    name = local_model_name(name)
     seconds = duration_value(keep_alive, "--keep-alive")
     state = get_state(ctx)
     if copies is not None or node is not None:

@@ -71,6 +71,35 @@ def stderr_is_tty() -> bool:
     return _isatty(sys.stderr)
 
 
+# -- what a terminal must not interpret ----------------------------------------------------
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every control and format character (escape sequences, OSC 52
+    clipboard writes, carriage returns, bidi overrides, zero-width characters) written
+    as a visible escape like ``\\x1b``, except those in ``keep``.
+
+    Model names, paths and messages come from whoever talks to the daemon: printed raw,
+    they could clear the screen, write the clipboard or forge log lines.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    import unicodedata
+
+    out = []
+    for char in text:
+        if char in keep or (char.isprintable() and unicodedata.category(char)[0] != "C"):
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+                       if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def printable_lines(text: str) -> str:
+    """``printable`` line by line: lines and tabs stay, everything else is escaped."""
+    return printable(text, keep="\n\t")
+
+
 # -- plain text ------------------------------------------------------------------------
 def print_json(data: Any, indent: int | None = 2) -> None:
     """The JSON document, alone on stdout."""
@@ -80,13 +109,13 @@ def print_json(data: Any, indent: int | None = 2) -> None:
 
 def say(message: str) -> None:
     """One line of result on stdout (``ejected X from cpu, freed 85.8 MiB``)."""
-    sys.stdout.write(message + "\n")
+    sys.stdout.write(printable_lines(message) + "\n")
     sys.stdout.flush()
 
 
 def hint(message: str) -> None:
     """One line for the person on stderr: never part of the data on stdout."""
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(printable_lines(message) + "\n")
     sys.stderr.flush()
 
 
@@ -157,9 +186,12 @@ def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
     """A borderless table (like ``docker ps``): easy to read, easy to grep.
 
     With ``drop`` (the columns to give up first), a table wider than the terminal is cut
-    to fit it (``fit``); in a pipe every column is kept whole.
+    to fit it (``fit``); in a pipe every column is kept whole. Text cells are shown as
+    they are: never read as rich markup (a model named ``[link=...]`` stays those
+    characters), control characters escaped.
     """
     from rich.table import Table
+    from rich.text import Text
 
     width = terminal_width() if drop is not None else None
     if width is not None:
@@ -172,7 +204,8 @@ def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
     for header, justify in columns:
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(printable(cell)) if isinstance(cell, str) else cell
+                        for cell in row))
     return table
 
 
@@ -228,7 +261,9 @@ def activity(message: str) -> Iterator[None]:
     if not stderr_is_tty():
         yield
         return
-    with console(stderr=True).status(message):
+    from rich.text import Text
+
+    with console(stderr=True).status(Text(printable(message))):  # a name: never markup
         yield
 
 

@@ -23,8 +23,8 @@ from modelctl.units import format_bytes
 def pull(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None:
     """Download a registry model's weights into the Hugging Face cache (does not load it)."""
     from modelctl.daemon.loaders import is_local_path
-    from modelctl.registry import resolve
     from modelctl.daemon.loaders.weights import _SKIP_PATTERNS, hub_reachable, packaged_weights
+    from modelctl.registry import resolve
 
     if is_local_path(name):
         raise InvalidArgument(f"{name} is a local path: there is nothing to pull")

@@ -258,9 +258,15 @@ class ModelCache:
                     for_name=entry.name)
                 over = self.budgets.shortfall(entry.device, 0, self._staying(entry.device))
                 if over > 0:
-                    log.warning("%s is %s over its budget after loading %s, which is "
-                                "larger than estimated; what holds the rest is pinned or in "
-                                "use", entry.device, format_bytes(over), entry.name)
+                    # The guard for an estimate that was short (or missing): the model
+                    # is freed again rather than kept over the budget.
+                    raise CacheManagementError(
+                        f"{entry.name} measured {format_bytes(entry.held_bytes)} once loaded "
+                        f"(estimated {format_bytes(entry.estimate or 0)}), which puts "
+                        f"{display_device(entry.device)} {format_bytes(over)} over its budget "
+                        f"of {format_bytes(self.budgets.budget(entry.device))}; what holds "
+                        "the rest is pinned or in use. Eject or unpin a model, or raise the "
+                        "budget; the load was undone")
                 entry.loaded_at = entry.last_used = time.time()
                 entry.state = "ready"
             self.metrics.loaded(entry)

@@ -20,6 +20,7 @@ from modelctl.config import PreloadItem, Settings
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.cache import Entry, ModelCache
 from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
+from modelctl.daemon.images import PixelGate
 from modelctl.daemon.loaders import spec_for
 from modelctl.daemon.metrics import Metrics
 from modelctl.errors import ApiError
@@ -61,6 +62,7 @@ class DaemonState:
                                 torch_ready=self.torch_ready)
         self._torch: asyncio.Future[None] | None = None
         self.metrics.watch(self.cache.list, self.known_budgets)  # calls known_budgets now
+        self.pixel_gate = PixelGate(settings.limits.max_inflight_pixels)
         self.preload_status: list[PreloadStatus] = []
         self.http_urls: list[str] = []
         self.open_listener: Callable[[str, int, str | None], Awaitable[str]] | None = None

@@ -13,6 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelctl.daemon.loaders.references import (
+    check_filesystem_reference,
+    check_not_reserved,
+    check_printable,
+    local_path_of,
+    names_filesystem,
+)
 from modelctl.errors import (
     ApiError,
     BadRequest,
@@ -32,9 +39,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def is_local_path(text: str) -> bool:
-    # Any leading "." counts: hub repo ids never start with one, and resolve_hub_dir
-    # treats "." and ".." as directories of the daemon's.
-    return text.startswith(("/", ".", "~", "file:"))
+    return names_filesystem(text)
 
 
 def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool) -> ModelSpec:
@@ -45,6 +50,8 @@ def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool)
     """
     if not isinstance(name, str) or not name.strip() or "\x00" in name or len(name) > 512:
         raise InvalidArgument("model name must be a non-empty string of at most 512 characters")
+    check_printable(name)
+    check_filesystem_reference(name, local_paths=local_paths)  # before any disk access
     if properties is not None:
         return _custom_spec(name, properties, local_paths=local_paths)
     spec = lookup(name)
@@ -54,37 +61,38 @@ def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool)
             _check_local_allowed(local_paths, name)  # hf-hub:/dir is a directory here
         return resolve(name)  # raises for refused names and a no_model without dimensions
     if is_local_path(name):
-        _check_local_allowed(local_paths, name)
-        path = Path(name.removeprefix("file://")).expanduser()
+        path = Path(local_path_of(name)).expanduser()
         if not path.is_dir():
             raise InvalidArgument(f"no model directory at {path}")
+        if "local-dir:" in name.lower():  # open_clip's own spelling of its hub layout
+            return ModelSpec(name, "open_clip", 0, f"local-dir:{path}", tokens=77, custom=True)
         family = "sbert" if (path / "modules.json").exists() else "hf"
         return parse(name, {"type": family, "name": str(path)}, custom=True)
     return resolve(name)  # raises the unknown-name error
 
 
 def _check_local_allowed(local_paths: bool, path: str) -> None:
-    if not local_paths:
-        raise InvalidArgument(
-            f"local path {path!r} refused: weights from the daemon's filesystem may be "
-            "named only over the Unix socket (the same user), not over TCP")
+    check_filesystem_reference(path, local_paths=local_paths, always_path=True)
 
 
 def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> ModelSpec:
     """A ``ModelSpec`` from Marqo's ``modelProperties``, with where its weights come from."""
     if not isinstance(props, dict):
         raise BadRequest("properties must be an object (Marqo's modelProperties)")
+    check_not_reserved(name)
     spec = parse(name, props, custom=True)
+    check_printable(spec.source, "properties.name")
     checkpoint = _checkpoint(props, local_paths)
     hf_file = _model_location(props)
     source = spec.source
-    if is_local_path(source.removeprefix(HF_HUB_PREFIX)):
-        _check_local_allowed(local_paths, source)
+    check_filesystem_reference(source, local_paths=local_paths)
     if is_local_path(source):
-        source = str(Path(source.removeprefix("file://")).expanduser())
+        path, spelled = Path(local_path_of(source)).expanduser(), source.strip().lower()
+        source = (f"local-dir:{path}" if "local-dir:" in spelled else
+                  f"{HF_HUB_PREFIX}{path}" if spelled.startswith(HF_HUB_PREFIX) else str(path))
     for named in (spec.text_model, spec.tokenizer):
-        if named is not None and is_local_path(named.removeprefix(HF_HUB_PREFIX)):
-            _check_local_allowed(local_paths, named)
+        if named is not None:
+            check_filesystem_reference(named, local_paths=local_paths)
     pretrained = spec.pretrained
     extra: dict[str, Any] = {}
     if spec.family in CLIP_FAMILIES:
@@ -124,7 +132,7 @@ def _checkpoint(props: dict[str, Any], local_paths: bool) -> str | None:
     if not isinstance(checkpoint, str):
         raise InvalidArgument("properties.localpath must be a string")
     _check_local_allowed(local_paths, checkpoint)
-    return str(Path(checkpoint.removeprefix("file://")).expanduser())
+    return str(Path(local_path_of(checkpoint)).expanduser())
 
 
 def _model_location(props: dict[str, Any]) -> tuple[str, str] | None:
@@ -158,8 +166,9 @@ def estimate_bytes(spec: ModelSpec, offline: bool) -> int | None:
     """How much memory a load of ``spec`` will take, before loading it.
 
     From the weights on disk when they are here (float32 weights load at their file
-    size), else the registry's figure.
+    size), else from the architecture (estimate.py), else the registry's figure.
     """
+    from modelctl.daemon.loaders.estimate import architecture_bytes
     from modelctl.daemon.loaders.weights import packaged_weights
 
     if not spec.needs_weights:
@@ -182,7 +191,7 @@ def estimate_bytes(spec: ModelSpec, offline: bool) -> int | None:
         size = _weights_size(path)
         if size:
             return size
-    return spec.approx_bytes
+    return architecture_bytes(spec) or spec.approx_bytes
 
 
 def _weights_size(path: Path) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,27 @@ if TYPE_CHECKING:
     from modelctl.registry import ModelSpec
 
 
+# transformers' stand-in for "no limit set" is 1e30; anything this big is not a limit.
+_UNSET_LIMIT = 10**6
+
+
+def _token_limit(tokenizer: Any, model: Any) -> int:
+    """Tokens the model can take: the tokenizer's ``model_max_length`` when set, and never
+    more than the model has position embeddings for (a tokenizer saved without the
+    former would otherwise let a long text index past the latter: a crash, not a vector).
+    """
+    limits = []
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < _UNSET_LIMIT:
+        limits.append(declared)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style embeddings number positions from padding_idx + 1.
+        offset = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+        limits.append(positions - (offset + 1 if isinstance(offset, int) else 0))
+    return min(limits) if limits else 512
+
+
 class HfModel(LoadedModel):
     def __init__(self, spec: ModelSpec, device: str, weights: Path) -> None:
         super().__init__(spec, device)
@@ -31,8 +52,8 @@ class HfModel(LoadedModel):
         self.model = AutoModel.from_pretrained(str(weights), trust_remote_code=False,
                                                local_files_only=True).to(device)
         self.model.eval()
-        limit = getattr(self.tokenizer, "model_max_length", None) or 512
-        self._max_tokens = min(limit, spec.tokens or limit, 8192)
+        self._max_tokens = min(_token_limit(self.tokenizer, self.model), spec.tokens or 8192,
+                               8192)
         self.pooling = spec.pooling or pooling_of(weights)
         self._overhead, self._max_pass = pass_limits(device)
 

@@ -23,9 +23,14 @@ import numpy as np
 import open_clip
 import torch
 
+from modelctl.daemon.images import as_rgb
 from modelctl.daemon.loaders import is_local_path
 from modelctl.daemon.loaders.base import LoadedModel
-from modelctl.daemon.loaders.weights import resolve_hub_dir, resolve_hub_file
+from modelctl.daemon.loaders.weights import (
+    require_weights,
+    resolve_hub_dir,
+    resolve_hub_file,
+)
 from modelctl.errors import InvalidArgument, WeightsNotFound
 from modelctl.registry import hub_id
 
@@ -96,7 +101,9 @@ class OpenClipModel(LoadedModel):
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), _CHUNK):
-                pixels = torch.stack([self.preprocess(img) for img in images[start:start + _CHUNK]])
+                # Decoded one at a time, here (images.py): a pass holds one decoded image.
+                pixels = torch.stack([self.preprocess(as_rgb(img))
+                                      for img in images[start:start + _CHUNK]])
                 features = self.model.encode_image(pixels.to(self.device, self._dtype),
                                                    normalize=normalize)
                 out.append(features.float().cpu().numpy())
@@ -159,6 +166,7 @@ def _locate(spec: ModelSpec, offline: bool) -> tuple[str, str | None]:
     if hub is not None:
         return f"local-dir:{resolve_hub_dir(hub, offline)}", None
     if source.startswith("local-dir:"):
+        require_weights(Path(source[len("local-dir:"):]))
         return source, None
     hf_file = spec.extra.get("hf_file")
     if hf_file is not None:  # Marqo's modelLocation: {hf: {repoId, filename}}
@@ -197,7 +205,7 @@ def _locate_custom(spec: ModelSpec) -> tuple[str, str | None]:
     """
     checkpoint = Path(spec.pretrained) if spec.pretrained else None
     if checkpoint is not None and checkpoint.is_dir():
-        return f"local-dir:{checkpoint}", None
+        return f"local-dir:{require_weights(checkpoint)}", None
     if spec.source not in open_clip.list_models():
         config = checkpoint.with_name(f"{spec.source}.json") if checkpoint else None
         if config is None or not config.is_file():

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from modelctl.registry import ModelSpec
 
 
+def _is_token_matrix(value: Any, mask: torch.Tensor) -> bool:
+    """Whether ``value`` is one row of tokens per text, like the attention mask."""
+    return isinstance(value, torch.Tensor) and value.shape == mask.shape
+
+
 class SbertModel(LoadedModel):
     def __init__(self, spec: ModelSpec, device: str, weights: Path) -> None:
         super().__init__(spec, device)
@@ -67,6 +72,47 @@ class SbertModel(LoadedModel):
 
     def encode_texts(self, texts: list[str], normalize: bool | None
                      ) -> tuple[np.ndarray, list[int]]:
+        features = self._tokenized_once(texts)
+        if features is None:
+            return self._encode_tokenizing_per_pass(texts, normalize)
+        mask = features["attention_mask"]
+        sizes = [int(n) for n in mask.sum(1).tolist()]
+        order = sorted(range(len(texts)), key=sizes.__getitem__)
+        normalize = self.spec.normalize if normalize is None else normalize
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        with torch.inference_mode():
+            for start, end in plan_passes([sizes[i] for i in order], self._overhead,
+                                          self._max_pass):
+                rows = order[start:end]
+                width = max(sizes[i] for i in rows)
+                index = torch.tensor(rows)
+                # Right-padded, so the first ``width`` columns hold every token of these
+                # rows: the same tensors a tokenizer call on these texts alone returns.
+                part = {key: value[index, :width] if _is_token_matrix(value, mask) else value
+                        for key, value in features.items()}
+                embedded = self._forward(dict(batch_to_device(part, self.model.device)),
+                                         normalize)
+                vectors[rows] = embedded.float().cpu().numpy()
+        return vectors, sizes
+
+    def _tokenized_once(self, texts: list[str]) -> dict[str, Any] | None:
+        """Every text tokenized in one call (truncated as the model does it), or ``None``
+        when the tokenizer pads on the left or gives no attention mask: then passes
+        cannot be cut from one padded matrix, and each pass tokenizes its own texts.
+
+        A long text is tokenized once, not once to measure and once per pass.
+        """
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if getattr(tokenizer, "padding_side", None) != "right":
+            return None
+        features = self._features(texts, on_device=False)
+        mask = features.get("attention_mask")
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            return None
+        return features
+
+    def _encode_tokenizing_per_pass(self, texts: list[str], normalize: bool | None
+                                    ) -> tuple[np.ndarray, list[int]]:
         sizes = self._token_lengths(texts)
         order = sorted(range(len(texts)), key=sizes.__getitem__)
         lengths = [sizes[i] for i in order]
@@ -101,7 +147,7 @@ class SbertModel(LoadedModel):
                 pass  # not a text tokenizer we know how to call: characters will do
         return [len(text) // 4 + 2 for text in texts]  # ~4 characters a token
 
-    def _features(self, texts: list[str]) -> dict[str, Any]:
+    def _features(self, texts: list[str], on_device: bool = True) -> dict[str, Any]:
         """Tokenized (and truncated) as the model's first module does it, on the device."""
         preprocess = getattr(self.model, "preprocess", None)
         if preprocess is not None:  # sentence-transformers >= 6
@@ -110,6 +156,8 @@ class SbertModel(LoadedModel):
             if self._prompt:
                 texts = [self._prompt + text for text in texts]
             features = self.model.tokenize(texts)
+        if not on_device:
+            return dict(features)
         return dict(batch_to_device(features, self.model.device))
 
     def _forward(self, features: dict[str, Any], normalize: bool) -> torch.Tensor:

@@ -76,12 +76,49 @@ def _not_found(what: str, looked: list[str], offline: bool,
         "giving its path as the model name (or as properties.localpath)")
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_EXPECTED = "model.safetensors or pytorch_model.bin (open_clip: open_clip_model.safetensors)"
+
+
+def has_weights(directory: Path) -> bool:
+    """Whether ``directory`` (or a module folder in it, as sentence-transformers keeps
+    them) holds a weights file: what an interrupted download lacks."""
+    for pattern in ("*", "*/*"):
+        for path in directory.glob(pattern):
+            # is_file follows links: a cache snapshot's link to a missing blob is no file.
+            if path.suffix in _WEIGHT_SUFFIXES and ("model" in path.name
+                                                    or path.suffix == ".safetensors") \
+                    and path.is_file():
+                return True
+    return False
+
+
+def require_weights(directory: Path) -> Path:
+    """``directory``, or ``WeightsNotFound`` naming the file it lacks. Without this, a
+    config alone loads: the architecture with random weights, serving random vectors."""
+    if not has_weights(directory):
+        raise WeightsNotFound(
+            f"{directory} holds a model's files but no weights ({_EXPECTED} is missing): "
+            "an interrupted download leaves only the config; download the model again")
+    return directory
+
+
+def _complete_snapshot(snapshot: Path) -> Path | None:
+    """``snapshot`` if it holds weights, else the newest other snapshot of the same repo
+    in the cache that does: a partial download must not hide a complete one."""
+    if has_weights(snapshot):
+        return snapshot
+    siblings = sorted((p for p in snapshot.parent.iterdir() if p.is_dir() and p != snapshot),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in siblings if has_weights(p)), None)
+
+
 def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
     """A local directory holding the snapshot of ``repo_id`` (downloading if allowed)."""
     local = Path(repo_id).expanduser()
     if local.is_absolute() or repo_id.startswith("."):
         if local.is_dir():
-            return local
+            return require_weights(local)
         if local.is_file():
             return extracted_archive(local)
         raise WeightsNotFound(f"no model directory at {local}")
@@ -95,13 +132,22 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
         looked.append(f"the {_PACKAGED[repo_id].replace('_', '-')} package (not installed)")
     looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        cached: Path | None = Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:
-        pass
+        cached = None
+    if cached is not None:
+        complete = _complete_snapshot(cached)
+        if complete is not None:
+            return complete
+        looked.append(f"its snapshot {cached}, which lacks the weights ({_EXPECTED}): "
+                      "an interrupted download")
     if offline or constants.HF_HUB_OFFLINE or not hub_reachable():
         raise _not_found(repo_id, looked, offline or bool(constants.HF_HUB_OFFLINE))
     try:
-        return Path(snapshot_download(repo_id, ignore_patterns=_SKIP_PATTERNS))
+        return require_weights(Path(snapshot_download(repo_id,
+                                                      ignore_patterns=_SKIP_PATTERNS)))
+    except WeightsNotFound:
+        raise
     except Exception as exc:
         raise WeightsNotFound(f"could not download {repo_id}: {exc}") from exc
 
