@@ -74,6 +74,20 @@ TRANSPORT_ERRORS: dict[type[Exception], tuple[type[DaemonError], str]] = {
 _CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ServerClosed)
 
 
+def _daemon_alive(socket_path: Path) -> bool:
+    """Whether the status file beside ``socket_path`` names it and a live process."""
+    import os
+
+    try:
+        status = json.loads((socket_path.parent / "modelctl.json").read_text())
+        if status.get("socket") != str(socket_path):
+            return False
+        os.kill(int(status["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def transport_error(exc: Exception, where: str) -> DaemonError | None:
     """The error to raise for transport failure ``exc``, or ``None`` to let it pass."""
     found: tuple[type[DaemonError], str] | None = None
@@ -124,11 +138,15 @@ class Client:
     """A connection to one daemon. Safe to share between threads (one connection each)."""
 
     def __init__(self, url: str | None = None, *, socket_path: str | Path | None = None,
-                 api_key: str | None = None, timeout: float | None = 600.0) -> None:
+                 api_key: str | None = None, timeout: float | None = 600.0,
+                 autostart: bool = False) -> None:
+        """``autostart=True``: start this user's daemon on first use when none runs, as
+        ``modelctl load`` does (socket clients only; a URL's server is never started)."""
+        self.autostart = autostart and url is None
         if url is None and socket_path is None:
             from modelctl.config import Settings
 
-            settings = Settings.from_env()
+            settings = Settings.from_env(strict=False)  # the daemon's knobs are its own
             url = settings.url
             socket_path = settings.socket_path
             if url:
@@ -196,11 +214,31 @@ class Client:
                 self.close()
                 if attempt == 0 and reused and isinstance(exc, _CLOSED_WHILE_IDLE):
                     continue
+                if isinstance(exc, ConnectionRefusedError) and self.socket_path and \
+                        not self.url and _daemon_alive(Path(self.socket_path)):
+                    # A live daemon's socket refusing: overloaded, not missing.
+                    raise DaemonUnreachable(
+                        f"a modelctl daemon runs at {self.where} but refused the connection "
+                        "(overloaded, or out of file descriptors); try again") from exc
+                if attempt == 0 and self.autostart and not self.url and \
+                        isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+                    self._start_daemon()
+                    continue
                 mapped = transport_error(exc, self.where)
                 if mapped is None:
                     raise
                 raise mapped from exc
         raise AssertionError("unreachable")
+
+    def _start_daemon(self) -> None:
+        """Start a daemon for this client's socket (its runtime dir from the environment)."""
+        from modelctl import runtime
+        from modelctl.config import Settings
+
+        settings = Settings.from_env()
+        if self.socket_path is not None and Path(self.socket_path) != settings.socket_path:
+            settings = settings.with_overrides(socket_path=Path(self.socket_path))
+        runtime.start_daemon(settings)
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> Any:
@@ -242,8 +280,19 @@ class Client:
         return self.request("GET", "/v1/health")
 
     def list_models(self) -> list[CacheEntry]:
-        """Every cache entry with full detail (docs/API.md's entry fields)."""
-        return self.request("GET", "/v1/models")["models"]
+        """Every cache entry with full detail (docs/API.md's entry fields).
+
+        ``GET /v1/models`` is OpenAI's model list; each item is an entry with OpenAI's
+        ``id``, ``object``, ``created`` and ``owned_by`` in front.
+        """
+        return self.request("GET", "/v1/models")["data"]
+
+    def get_model(self, model_id: str) -> CacheEntry:
+        """``GET /v1/models/{id}``: one loaded model (OpenAI's model object, full detail)."""
+        from urllib.parse import quote
+
+        return self.request("GET", f"/v1/models/{quote(model_id, safe='/')}")
+
 
     def load_model(self, name: str, device: str | None = None, *, pin: bool | None = None,
                    keep_alive: str | float | None = None,
@@ -283,9 +332,11 @@ class Client:
             query["force"] = "true"
         return self.request("DELETE", "/v1/models", query=query)
 
-    def registry(self) -> list[dict[str, Any]]:
-        """Every model name the daemon knows, with family, dimensions and offline status."""
-        return self.request("GET", "/v1/registry")["models"]
+    def registry(self, *, offline: bool = True) -> list[dict[str, Any]]:
+        """Every model name the daemon knows, with family, dimensions, Marqo's properties
+        and (unless ``offline=False``, which answers faster) whether weights are here."""
+        path = "/v1/registry" if offline else "/v1/registry?offline=false"
+        return self.request("GET", path)["models"]
 
     def devices(self) -> DevicesReport:
         """``GET /v1/devices``: cpu and each cuda device, with memory and budgets."""
@@ -294,23 +345,29 @@ class Client:
     def embeddings(self, model: str, input: str | Sequence[str], *, device: str | None = None,
                    normalize: bool | None = None, encoding_format: str | None = None,
                    precision: str | None = None, engine: str | None = None,
-                   ) -> dict[str, Any]:
+                   input_type: str | None = None) -> dict[str, Any]:
         """``POST /v1/embeddings`` as the OpenAI API defines it, plus ``device``,
-        ``normalize`` and the variant (``precision``, ``engine``)."""
+        ``normalize``, ``input_type`` (``query``/``document``: the model's prefixes) and
+        the variant (``precision``, ``engine``)."""
         body: dict[str, Any] = {"model": model, "input": input}
         for key, value in (("device", device), ("normalize", normalize),
-                           ("encoding_format", encoding_format), ("precision", precision),
-                           ("engine", engine)):
+                           ("encoding_format", encoding_format), ("input_type", input_type),
+                           ("precision", precision), ("engine", engine)):
             if value is not None:
                 body[key] = value
         return self.request("POST", "/v1/embeddings", body=body)
 
     def embed(self, model: str, inputs: Sequence[str], *, device: str | None = None,
-              normalize: bool | None = None, precision: str | None = None,
-              engine: str | None = None) -> list[list[float]]:
-        """Embeddings of ``inputs`` (texts, or ``data:image/...;base64,`` strings) in order."""
+              normalize: bool | None = None, input_type: str | None = None,
+              precision: str | None = None, engine: str | None = None,
+              ) -> list[list[float]]:
+        """Embeddings of ``inputs`` (texts, or ``data:image/...;base64,`` strings) in order.
+
+        ``input_type`` ``"query"`` or ``"document"`` puts the model's query or document
+        prefix (e5's ``query: ``, bge's instruction) before each text."""
         reply = self.embeddings(model, list(inputs), device=device, normalize=normalize,
-                                encoding_format="base64", precision=precision, engine=engine)
+                                encoding_format="base64", input_type=input_type,
+                                precision=precision, engine=engine)
         return [decode_base64_embedding(item["embedding"]) for item in reply["data"]]
 
     def metrics(self) -> str:
@@ -325,6 +382,11 @@ class Client:
         body = {"port": port, "host": host, "api_key": api_key}
         return self.request("POST", "/v1/listeners",
                             body={k: v for k, v in body.items() if v is not None})
+
+
+    def close_listener(self, port: int, host: str | None = None) -> dict[str, Any]:
+        """Close a running daemon's TCP listener on ``port`` (Unix socket only)."""
+        return self.request("DELETE", "/v1/listeners", query={"port": port, "host": host})
 
 
 def decode_base64_embedding(value: str | list[float]) -> list[float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ LOG_NAME = "modelctl.log"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ENGINES = ("torch", "onnx")
 
+# Host header values a loopback listener answers; a web page that rebinds its own domain
+# to 127.0.0.1 sends its domain, and is refused.
+LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
 @dataclass(frozen=True)
 class PreloadItem:
@@ -45,6 +48,10 @@ class Limits:
     max_text_chars: int = 100_000
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 40_000_000
+    # Decoded images take 4 bytes a pixel (RGB is stored as RGBX) and more on the way:
+    # 100 Mpixels is a few big photographs, and well under a GiB decoded.
+    max_request_pixels: int = 100_000_000
+    max_inflight_pixels: int = 200_000_000
     max_queue_items: int = 8192
 
 
@@ -69,6 +76,9 @@ class Settings:
     engine: str = "torch"
     threads: int | None = None  # cpu intra-op threads; None: adapt to the free cores
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "modelctl")
+    # Host header values a loopback TCP listener accepts (``*``: any); loopback names
+    # always.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOST_NAMES
 
     @property
     def lock_path(self) -> Path:
@@ -90,31 +100,51 @@ class Settings:
         return replace(self, **given)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 strict: bool = True) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``).
+
+        ``strict=False`` (clients: the CLI, ``Client()``): a bad value of a knob only the
+        daemon uses (budgets, keep-alive, preload, port, limits, variant, threads) is left
+        to the daemon to reject, so it cannot break ``modelctl ls`` or an unrelated program.
+        """
         env = os.environ if environ is None else environ
         runtime_dir = default_runtime_dir(env)
         socket_path = Path(env["MODELCTL_SOCKET"]) if env.get("MODELCTL_SOCKET") else (
             runtime_dir / SOCKET_NAME)
-        port = _port(env.get("MODELCTL_HTTP_PORT"))
+
+        def daemon_only(parse: Callable[[], Any], default: Any) -> Any:
+            try:
+                return parse()
+            except InvalidArgument:
+                if strict:
+                    raise
+                return default
+
         return cls(
             runtime_dir=runtime_dir,
             socket_path=socket_path,
             url=env.get("MODELCTL_URL") or None,
-            max_cpu_memory=_budget(env, "MODELCTL_MAX_CPU_MEMORY", "MARQO_MAX_CPU_MODEL_MEMORY"),
-            max_cuda_memory=_budget(env, "MODELCTL_MAX_CUDA_MEMORY",
-                                    "MARQO_MAX_CUDA_MODEL_MEMORY"),
-            keep_alive=_keep_alive(env.get("MODELCTL_KEEP_ALIVE")),
-            preload=_preload(env),
+            max_cpu_memory=daemon_only(lambda: _budget(
+                env, "MODELCTL_MAX_CPU_MEMORY", "MARQO_MAX_CPU_MODEL_MEMORY"), None),
+            max_cuda_memory=daemon_only(lambda: _budget(
+                env, "MODELCTL_MAX_CUDA_MEMORY", "MARQO_MAX_CUDA_MODEL_MEMORY"), None),
+            keep_alive=daemon_only(lambda: _keep_alive(env.get("MODELCTL_KEEP_ALIVE")), None),
+            preload=daemon_only(lambda: _preload(env), ()),
             api_key=env.get("MODELCTL_API_KEY") or None,
             http_host=env.get("MODELCTL_HTTP_HOST") or "127.0.0.1",
-            http_port=port,
+            http_port=daemon_only(lambda: _port(env.get("MODELCTL_HTTP_PORT")), None),
             default_device=env.get("MODELCTL_DEVICE") or None,
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
-            limits=_limits(env),
-            precision=_choice(env, "MODELCTL_PRECISION", PRECISIONS, "fp32"),
-            engine=_choice(env, "MODELCTL_ENGINE", ENGINES, "torch"),
-            threads=_threads(env.get("MODELCTL_THREADS")),
+            limits=daemon_only(lambda: _limits(env), Limits()),
+            allowed_hosts=LOOPBACK_HOST_NAMES + tuple(
+                host.strip().lower() for host in env.get("MODELCTL_ALLOWED_HOSTS", "").split(",")
+                if host.strip()),
+            precision=daemon_only(
+                lambda: _choice(env, "MODELCTL_PRECISION", PRECISIONS, "fp32"), "fp32"),
+            engine=daemon_only(lambda: _choice(env, "MODELCTL_ENGINE", ENGINES, "torch"), "torch"),
+            threads=daemon_only(lambda: _threads(env.get("MODELCTL_THREADS")), None),
             cache_dir=_cache_dir(env),
         )
 
@@ -171,17 +201,31 @@ def default_runtime_dir(env: Mapping[str, str]) -> Path:
 
 
 def _limits(env: Mapping[str, str]) -> Limits:
-    """``MODELCTL_MAX_QUEUE``: inputs a model's batcher may hold waiting (past it, 429)."""
-    raw = env.get("MODELCTL_MAX_QUEUE")
+    """``MODELCTL_MAX_QUEUE``: inputs a model's batcher may hold waiting (past it, 429);
+    ``MODELCTL_MAX_REQUEST_PIXELS``: image pixels one request may send (past it, 413);
+    the pixels all requests in flight may hold are twice that."""
+    given: dict[str, int] = {}
+    queue = _whole_number(env, "MODELCTL_MAX_QUEUE")
+    if queue is not None:
+        given["max_queue_items"] = queue
+    pixels = _whole_number(env, "MODELCTL_MAX_REQUEST_PIXELS")
+    if pixels is not None:
+        given["max_request_pixels"] = pixels
+        given["max_inflight_pixels"] = 2 * pixels
+    return Limits(**given)
+
+
+def _whole_number(env: Mapping[str, str], var: str) -> int | None:
+    raw = env.get(var)
     if not raw:
-        return Limits()
+        return None
     try:
-        queue = int(raw)
+        value = int(raw)
     except ValueError:
-        raise InvalidArgument(f"MODELCTL_MAX_QUEUE: not a whole number: {raw!r}") from None
-    if queue < 1:
-        raise InvalidArgument(f"MODELCTL_MAX_QUEUE: must be at least 1, not {queue}")
-    return Limits(max_queue_items=queue)
+        raise InvalidArgument(f"{var}: not a whole number: {raw!r}") from None
+    if value < 1:
+        raise InvalidArgument(f"{var}: must be at least 1, not {value}")
+    return value
 
 
 def _truthy(value: str | None) -> bool:

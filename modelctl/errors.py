@@ -16,9 +16,11 @@ and is printed as one line by the CLI::
     │   ├── HardwareCompatibilityError  400 hardware_compatability_error
     │   ├── BadRequest            400 bad_request
     │   ├── Unauthorized          401 unauthorized
+    │   ├── Forbidden             403 forbidden (a Host a loopback listener does not serve)
     │   ├── PayloadTooLarge       413 payload_too_large
     │   ├── Unprocessable         422 unprocessable_entity (Marqo's pydantic-v1 body)
     │   ├── TooManyRequests       429 too_many_requests
+    │   ├── ClientGone            499 client_closed_request (logged, never seen)
     │   ├── ServiceUnavailable    503 service_unavailable (daemon shutting down)
     │   └── InternalError         500 internal
     ├── DaemonError               the daemon cannot be reached or started
@@ -140,6 +142,14 @@ class Unauthorized(_InvalidRequest):
     code = "unauthorized"
 
 
+class Forbidden(_InvalidRequest):
+    """Raised when a loopback listener gets a request for a foreign ``Host`` (DNS
+    rebinding: a web page's script talking to the port under its own domain)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class PayloadTooLarge(_InvalidRequest):
     """Raised when a body, batch, text or image is over its limit."""
 
@@ -179,6 +189,14 @@ class TooManyRequests(_InvalidRequest):
     code = "too_many_requests"
 
 
+class ClientGone(_InvalidRequest):
+    """Raised when a request's client disconnected before its answer was ready: its
+    queued work is dropped, and nobody is left to read this status (nginx's 499)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class ServiceUnavailable(_InvalidRequest):
     """Raised for new work that arrives while the daemon is shutting down."""
 
@@ -198,7 +216,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
     for cls in (ModelNotInCache, NotFound, MethodNotAllowed, CacheManagementError,
                 InvalidArgument, HardwareCompatibilityError, BadRequest, Unauthorized,
-                PayloadTooLarge, TooManyRequests, ServiceUnavailable, InternalError)
+                Forbidden, PayloadTooLarge, TooManyRequests, ServiceUnavailable, InternalError)
 }
 
 

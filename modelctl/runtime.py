@@ -213,6 +213,7 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
     """
     deadline = time.monotonic() + timeout
     delay = 0.005
+    log_size = _size(settings.log_path)
     while True:
         health = ping(settings, timeout=max(0.5, deadline - time.monotonic()))
         if health is not None:
@@ -221,7 +222,7 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
                 EXIT_ALREADY_RUNNING:
             raise DaemonStartError(
                 f"the daemon exited with status {proc.returncode} while starting; "
-                f"last lines of {settings.log_path}:\n{tail_log(settings, 10)}")
+                + _last_lines(settings, log_size))
         if time.monotonic() > deadline:
             raise DaemonStartError(f"the daemon did not answer on {settings.socket_path} "
                                    f"within {timeout:.0f}s; see {settings.log_path}")
@@ -242,7 +243,13 @@ def start_daemon(settings: Settings, timeout: float = 30.0) -> tuple[Health, boo
     return health, started and health.get("pid") == proc.pid
 
 
-def stop_daemon(settings: Settings, timeout: float = 30.0) -> int:
+# The daemon lets requests in flight finish for up to 30 s after SIGTERM, then frees
+# its models: wait past that, so a daemon that exits just after its grace period is
+# reported stopped, not failed.
+STOP_TIMEOUT_S = 60.0
+
+
+def stop_daemon(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> int:
     """SIGTERM the daemon and wait until it has let go of its lock; return its pid."""
     status = read_status(settings)
     if status is None or not lock_is_held(settings):
@@ -261,6 +268,21 @@ def stop_daemon(settings: Settings, timeout: float = 30.0) -> int:
                               f"{timeout:.0f}s; `kill -9 {status.pid}` ends it at once")
         time.sleep(0.02)
     return status.pid
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _last_lines(settings: Settings, since: int) -> str:
+    """What the failed start wrote to the log, or why there is nothing to show."""
+    if _size(settings.log_path) <= since:
+        return (f"it wrote nothing to {settings.log_path}; `modelctl serve` runs it in the "
+                "foreground, where the failure shows")
+    return f"last lines of {settings.log_path}:\n{tail_log(settings, 10)}"
 
 
 def tail_log(settings: Settings, lines: int) -> str:

@@ -31,12 +31,16 @@ class CacheEntry(TypedDict):
     name: str
     canonical_name: str
     device: str
-    engine: str  # "torch" or "onnx"
-    precision: str  # "fp32", "fp16", "bf16" or "int8"
+    family: str  # Marqo's type
+    source: str  # where the weights come from: hub id, directory or open_clip arch
+    engine: str  # what runs it here: "torch" or "onnx"
+    marqo_engine: str | None  # what Marqo runs for the name when it differs ("onnx")
+    precision: str  # "fp32", "fp16", "bf16" or "int8": what runs here
     accuracy: Accuracy | None  # None for fp32 torch, the reference
     warnings: list[str]
     onnx: OnnxGraph | None
-    family: str
+    custom: bool
+    properties: dict[str, Any]  # the modelProperties it was loaded with
     dimensions: int
     modalities: list[str]
     state: str  # "loading", "ready" or "ejecting"
@@ -55,6 +59,12 @@ class CacheEntry(TypedDict):
     node_id: NotRequired[str | None]
     replica: NotRequired[str]
     copies: NotRequired[list[CacheEntry]]
+    # OpenAI's model-object fields, in front of the rest in GET /v1/models' items.
+    id: NotRequired[str]
+    object: NotRequired[str]
+    created: NotRequired[int]
+    owned_by: NotRequired[str]
+    devices: NotRequired[list[str]]  # GET /v1/models/{id}: every device it is loaded on
 
 
 class EjectedModel(TypedDict):
@@ -102,8 +112,11 @@ class Health(TypedDict):
     torch_ready: bool
     socket: str
     http: str | None
+    listeners: list[str]
     preload: list[PreloadStatus]
     cluster: NotRequired[bool]  # a `modelctl cluster` URL answered
+    rss_bytes: int
+    idle_rss_bytes: int | None  # the daemon's RSS with torch imported and no model
 
 
 class CpuReport(TypedDict):
@@ -117,6 +130,7 @@ class CpuReport(TypedDict):
     memory_available: int
     process_rss: int
     native_precisions: list[str]
+    process_idle_rss: NotRequired[int | None]
     budget: NotRequired[int]
     models_bytes: NotRequired[int]
     threads: NotRequired[int]  # torch threads of the next cpu pass

@@ -126,7 +126,12 @@ def test_commands_that_need_a_daemon_exit_3(runtime_dir: Path, args: list[str]) 
     result = run(*args)
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""
-    one_error_line(result.stderr)
+    if "--json" in args:  # the error is a JSON document, on stderr
+        error = json.loads(result.stderr)
+        assert error["exit_code"] == 3 and error["error"]["code"] == "daemon_not_running"
+        assert "no modelctl daemon is running" in error["error"]["message"]
+    else:
+        one_error_line(result.stderr)
     assert no_daemon_left(runtime_dir)
 
 
@@ -170,8 +175,8 @@ def test_usage_errors_exit_2_and_start_nothing(runtime_dir: Path, args: list[str
 
 def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
     result = run("--url", "http://127.0.0.1:9", "ls", "--json")
-    assert result.returncode == 3
-    one_error_line(result.stderr)
+    assert result.returncode == 3 and result.stdout == ""
+    assert json.loads(result.stderr)["error"]["code"] == "daemon_not_running"
 
 
 @pytest.mark.parametrize(("args", "env", "code", "step"), [
@@ -179,7 +184,8 @@ def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
     (["--url", "http://127.0.0.1:9", "models"], {}, 3, "check the URL"),
     (["daemon", "stop"], {}, 3, "nothing to stop"),
     (["eject", "x"], {}, 3, "so nothing is loaded"),
-    (["ls"], {"MODELCTL_MAX_QUEUE": "x"}, 1, "fix or unset that environment variable"),
+    (["daemon", "start"], {"MODELCTL_MAX_QUEUE": "x"}, 1,
+     "fix or unset that environment variable"),
     (["--socket"], {}, 2, "see `modelctl --help`"),
 ])
 def test_errors_say_what_to_do_next(runtime_dir: Path, args: list[str], env: dict[str, str],
@@ -251,7 +257,9 @@ def test_daemon_logs_without_log(runtime_dir: Path) -> None:
 
 
 def test_bad_environment_is_one_line(runtime_dir: Path) -> None:
-    result = run("ls", env={"MODELCTL_MAX_CPU_MEMORY": "lots"})
+    # A daemon's knob is the daemon's to reject: `ls` works, `daemon start` says why not.
+    assert run("ls", env={"MODELCTL_MAX_CPU_MEMORY": "lots"}).returncode == 0
+    result = run("daemon", "start", env={"MODELCTL_MAX_CPU_MEMORY": "lots"})
     assert result.returncode == 1
     assert "MODELCTL_MAX_CPU_MEMORY" in one_error_line(result.stderr)
 

@@ -270,7 +270,8 @@ def test_commands_and_options_without_a_daemon(home: Path, absent: Path) -> None
     assert values(engine("modelctl l", env)) == ["ls", "load"]
     top = values(engine("modelctl --", env))
     assert top == ["--socket", "--url", "--api-key", "--runtime-dir", "--version", "--help"]
-    assert values(engine("modelctl daemon ", env)) == ["start", "stop", "status", "logs"]
+    assert values(engine("modelctl daemon ", env)) == ["start", "stop", "status",
+                                                       "close-listener", "logs"]
     assert values(engine("modelctl eject --", env)) == ["--device", "--all", "--force",
                                                          "--precision", "--engine", "--node",
                                                          "--json", "--help"]
@@ -278,7 +279,7 @@ def test_commands_and_options_without_a_daemon(home: Path, absent: Path) -> None
     assert values(engine("modelctl --socket /x embed --help ", env)) == []
     # No daemon: the built-in registry, and the devices the NVIDIA driver lists.
     assert "ViT-L/14" in values(engine("modelctl load ViT-L/", env))
-    assert values(engine("modelctl load open_clip/ViT-B-32/laion2b", env)) == [
+    assert values(engine("modelctl load open_clip/ViT-B-32/laion2b_s", env)) == [
         "open_clip/ViT-B-32/laion2b_s34b_b79k"]
     assert values(engine("modelctl load x --device=c", env))[0] == "cpu"
     assert not absent.exists()
@@ -363,7 +364,7 @@ def test_names_with_slash_and_colon_complete_whole(served: Daemon, home: Path,
         for typed in ("modelctl eject org/t", "modelctl eject org/tiny:c"):
             _, line = session.tab(typed)
             assert line == f"modelctl eject {CLIP} ", (shell, typed, line)
-        _, line = session.tab("modelctl load open_clip/ViT-B-32/laion2b")
+        _, line = session.tab("modelctl load open_clip/ViT-B-32/laion2b_s")
         assert line == "modelctl load open_clip/ViT-B-32/laion2b_s34b_b79k ", shell
         _, line = session.tab("modelctl load ViT-L/1")
         assert line.startswith("modelctl load ViT-L/14"), shell

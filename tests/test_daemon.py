@@ -60,8 +60,9 @@ def test_cli_load_ls_embed_eject_default_model(clean_daemon: Daemon,
 
 def test_aliases_share_one_entry_and_devices_canonicalise(clean_daemon: Daemon) -> None:
     c = clean_daemon.client
+    # Marqo's short sbert spelling and the hub id are one model (hf/... is Marqo's hf type).
     first = c.load_model("all-MiniLM-L6-v2", "CPU")
-    again = c.load_model("hf/all-MiniLM-L6-v2", "cpu")
+    again = c.load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
     assert first["loaded_at"] == again["loaded_at"]
     assert [m["name"] for m in c.list_models()] == ["all-MiniLM-L6-v2"]  # as loaded
     assert c.get_loaded_models() == {"models": [{"model_name": "all-MiniLM-L6-v2",

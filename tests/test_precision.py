@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from modelctl.config import Settings, set_compute_environment
-from modelctl.daemon.loaders.precision import check, choose, cpu_flags, cpu_native, cuda_native
+from modelctl.daemon.loaders.precision import (
+    check,
+    choose,
+    cpu_flags,
+    cpu_native,
+    cuda_native,
+    marqo_precision,
+    on_device,
+)
 from modelctl.daemon.threads import ThreadGovernor
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument
+from modelctl.registry import lookup
+from modelctl.registry.spec import parse
 
 AVX2 = frozenset({"avx", "avx2", "fma"})
 SAPPHIRE = AVX2 | {"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
@@ -96,3 +107,20 @@ def test_thread_governor_follows_the_cores_others_leave_free() -> None:
     assert governor.threads() == 2  # all of the busy time was ours
     assert governor.threads() == 1  # 0.9 of a core elsewhere, none of ours
     assert governor.threads() == 2  # a flicker of 0.2: not worth giving a core up
+
+
+def test_marqos_fp16_is_fp32_on_cpu_and_fp16_on_cuda() -> None:
+    named = lookup("fp16/ViT-B/32")
+    assert named is not None and marqo_precision(named) == "fp16"
+    by_properties = parse("half", {"type": "open_clip", "name": "ViT-B-32", "dimensions": 512,
+                                   "precision": "fp16"}, custom=True)
+    assert marqo_precision(by_properties) == "fp16"
+    for spec in (named, by_properties):
+        on_cpu, warning = on_device(spec, "cpu")
+        assert on_cpu.precision == "fp32" and warning and "fp32" in warning
+        assert on_device(spec, "cuda:0") == (spec, None)
+    # fp16 a client asks for, on a model Marqo runs in fp32, is not Marqo's: left to check.
+    plain = lookup("all-MiniLM-L6-v2")
+    assert plain is not None and marqo_precision(plain) is None
+    asked = replace(plain, precision="fp16")
+    assert on_device(asked, "cpu") == (asked, None)

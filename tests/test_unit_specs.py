@@ -71,6 +71,11 @@ def test_custom_properties_become_a_custom_spec() -> None:
     assert (hub.source, hub.pretrained) == ("hf-hub:org/clip", None)
 
 
+def test_missing_type_is_sbert_as_in_marqo() -> None:
+    spec = spec_for("org/repo", {}, local_paths=False)
+    assert (spec.family, spec.source, spec.custom) == ("sbert", "org/repo", True)
+
+
 def test_custom_checkpoints(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt.pt"
     clip = spec_for("c", {"type": "open_clip", "name": "ViT-B-32", "localpath": str(ckpt)},
@@ -89,7 +94,6 @@ def test_custom_checkpoints(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("props", "field"), [
     ({"type": "onnx"}, "properties.type"),
-    ({}, "properties.type"),
     ({"type": "hf", "name": 7}, "properties.name"),
     ({"type": "hf", "name": "a\x00b"}, "properties.name"),
     ({"type": "hf", "dimensions": -1}, "properties.dimensions"),

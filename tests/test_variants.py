@@ -137,6 +137,20 @@ def test_unsupported_variants_are_refused(v: Daemon, tiny_clip: dict[str, Any]) 
     assert [e["state"] for e in v.client.list_models()] == ["ready"]
 
 
+def test_marqos_fp16_runs_as_fp32_on_cpu(v: Daemon, tiny_clip: dict[str, Any]) -> None:
+    """Marqo's spelling of fp16 (properties.precision) keeps Marqo's behaviour on cpu:
+    fp32 weights, said in the entry; asking for fp16 by name is still a 400."""
+    entry = v.client.load_model("half-clip", "cpu", properties={**tiny_clip, "precision": "fp16"})
+    assert (entry["engine"], entry["precision"]) == ("torch", "fp32")
+    assert any("fp16" in w and "fp32" in w for w in entry["warnings"])
+    # The same name without Marqo's precision is the same cpu entry, not a 409.
+    again = v.client.load_model("half-clip", "cpu", properties=tiny_clip)
+    assert again["loaded_at"] == entry["loaded_at"]
+    with pytest.raises(HardwareCompatibilityError, match="cuda only"):
+        v.client.load_model("half-clip", "cpu", properties=tiny_clip, precision="fp16")
+    assert _variants(v.client.list_models()) == {("torch", "fp32")}
+
+
 def test_devices_say_which_precisions_run_natively(v: Daemon) -> None:
     cpu = v.client.devices()["cpu"]
     assert cpu["native_precisions"][0] == "fp32" and "fp16" not in cpu["native_precisions"]

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from modelctl.cli import global_options
+from modelctl.cli import global_options, habits
 from modelctl.errors import DaemonError, ModelctlError, UsageError
 
 __all__ = ["EXIT_ERROR", "EXIT_NO_DAEMON", "EXIT_USAGE", "app", "main", "make_app"]
@@ -50,11 +50,22 @@ def main(argv: list[str] | None = None) -> None:
         respond()
         sys.exit(0)
     args = sys.argv[1:] if argv is None else list(argv)
+    global _as_json
+    _as_json = "--json" in args[:args.index("--")] if "--" in args else "--json" in args
     try:
         given, args = global_options.split(args)
+        habits.check(args)
         from modelctl.cli.application import app, help_defaults
 
-        app(args=args, prog_name="modelctl", obj=given, default_map=help_defaults(app))
+        if not _as_json:
+            app(args=args, prog_name="modelctl", obj=given, default_map=help_defaults(app))
+            return
+        # Usage errors come back as exceptions, to be written as JSON below.
+        code = app(args=args, prog_name="modelctl", obj=given,
+                   default_map=help_defaults(app), standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except habits.HabitError as exc:  # its message says where to look
+        _fail(exc, exc.message, EXIT_USAGE)
     except UsageError as exc:
         _fail(exc, f"{exc.message}; see `modelctl --help`", EXIT_USAGE)
     except DaemonError as exc:
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_stdout()
         sys.exit(EXIT_ERROR)
     except Exception as exc:
+        if _is_usage_error(exc):  # Typer's, raised rather than printed under --json
+            _fail(exc, exc.format_message(), int(exc.exit_code))  # type: ignore[attr-defined]
         if isinstance(exc, OSError) and exc.strerror:  # the machine's, not a bug of ours
             where = f": {exc.filename}" if exc.filename else ""
             _fail(exc, f"{exc.strerror}{where}", EXIT_ERROR)
@@ -81,17 +94,49 @@ def _with_next_step(exc: ModelctlError) -> str:
     return f"{exc.message}; {step}" if step else exc.message
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """A usage error as Typer raises it (``format_message`` and ``exit_code``)."""
+    return callable(getattr(exc, "format_message", None)) and \
+        isinstance(getattr(exc, "exit_code", None), int)
+
+
+# Whether the command line asked for --json: its errors are then a JSON document too.
+_as_json = False
+
+
 def _fail(exc: BaseException, message: str, code: int) -> None:
     if _debug():
         import traceback
 
         traceback.print_exception(exc)
+    from modelctl.cli.output import printable_lines
+
     try:
-        sys.stderr.write(f"modelctl: error: {message}\n")
+        if _as_json:
+            sys.stderr.write(_json_error(exc, message, code) + "\n")
+        else:
+            sys.stderr.write(f"modelctl: error: {printable_lines(message)}\n")
         sys.stderr.flush()
     except BrokenPipeError:
         pass
     sys.exit(code)
+
+
+def _json_error(exc: BaseException, message: str, code: int) -> str:
+    """``{"error": {message, code, type, status}, "exit_code": N}``, on one line."""
+    import json
+
+    from modelctl.errors import ApiError
+
+    if isinstance(exc, ApiError):
+        kind = {"code": exc.code, "type": exc.type, "status": exc.status}
+    elif code == EXIT_USAGE:
+        kind = {"code": "usage", "type": "usage_error", "status": None}
+    elif code == EXIT_NO_DAEMON:
+        kind = {"code": "daemon_not_running", "type": "daemon_error", "status": None}
+    else:
+        kind = {"code": "error", "type": "error", "status": None}
+    return json.dumps({"error": {"message": message, **kind}, "exit_code": code})
 
 
 def _debug() -> bool:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from modelctl import __version__
-from modelctl.cli import cluster, daemon, devices, embed, global_options, models
+from modelctl.cli import cluster, daemon, devices, embed, global_options, models, pull
 from modelctl.cli.completion import shell_scripts
 from modelctl.cli.global_options import GlobalOptions
 from modelctl.cli.params import help_without_command
@@ -73,9 +73,12 @@ def make_app() -> typer.Typer:
     )
     new.callback(help=ROOT_HELP, epilog=ROOT_EPILOG, invoke_without_command=True)(_root)
     new.command("ls")(models.ls)
-    new.command("ps", hidden=True)(models.ls)
+    new.command("ps", help="Alias of ls.")(models.ls)
     new.command("load")(models.load)
+    new.command("pull")(pull.pull)
     new.command("eject")(models.eject)
+    new.command("stop", help="Alias of eject (as in ollama stop).")(models.eject)
+    new.command("unload", help="Alias of eject (as in lms unload).")(models.eject)
     new.command("pin")(models.pin)
     new.command("unpin")(models.unpin)
     new.command("embed")(embed.embed)

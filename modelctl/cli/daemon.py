@@ -36,7 +36,7 @@ from modelctl.errors import (
     ModelctlError,
     NotFound,
 )
-from modelctl.units import format_duration
+from modelctl.units import format_bytes, format_duration
 
 if TYPE_CHECKING:
     from modelctl.wire import Health
@@ -95,6 +95,10 @@ def _add_listener(state: State, health: Health, settings: Settings) -> None:
     """Ask the daemon that already runs to open ``settings``' TCP listener too."""
     assert settings.http_port is not None
     pid, port, host = health.get("pid"), settings.http_port, settings.http_host
+    served = _serving(health, host, port)
+    if served:
+        output.hint(f"the running daemon (pid {pid}) already serves {served}")
+        return
     client = state.socket_client()
     try:
         reply = client.add_listener(port, host, settings.api_key)
@@ -111,6 +115,21 @@ def _add_listener(state: State, health: Health, settings: Settings) -> None:
         client.close()
     output.hint(f"the running daemon (pid {pid}) now also listens on "
                 f"{reply.get('url') or f'http://{host}:{port}'}")
+
+
+def _serving(health: Health, host: str, port: int) -> str | None:
+    """The daemon's listener on ``host:port``, if it has one (port 0 asks for a new one)."""
+    from urllib.parse import urlsplit
+
+    if port == 0:
+        return None
+    first = health.get("http")
+    for url in health.get("listeners") or ([first] if first else []):
+        parts = urlsplit(url)
+        if parts.port == port and (parts.hostname == host.strip("[]") or
+                                   host == "localhost" and parts.hostname == "127.0.0.1"):
+            return str(url)
+    return None
 
 
 def _ignored_flags(given: dict[str, Any], pid: Any) -> None:
@@ -135,6 +154,7 @@ def serve(
     threads: ThreadsOpt = None,
 ) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it); --http adds a TCP listener."""
+    Settings.from_env()  # the daemon's knobs, checked strictly: a bad one fails here
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
@@ -176,6 +196,7 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the daemon in the background (nothing happens if one runs)."""
+    Settings.from_env()  # the daemon's knobs, checked strictly: a bad one fails here
     state = get_state(ctx)
     settings = server_settings(state.settings, http=http, host=host, api_key=api_key,
                                max_cpu_memory=max_cpu_memory, max_cuda_memory=max_cuda_memory,
@@ -233,14 +254,58 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         ["pid", str(health.get("pid"))], ["version", str(health.get("version"))],
         ["uptime", format_duration(health.get("uptime_s"))],
         ["socket", str(health.get("socket") or state.settings.socket_path)],
-        ["http", str(health.get("http") or "-")],
+    ]
+    listeners = health.get("listeners")
+    if listeners is None:  # an older daemon: its first listener only
+        listeners = [health["http"]] if health.get("http") else []
+    rows += [["http", str(url)] for url in listeners] or [["http", "-"]]
+    rows += [
         ["torch", "ready" if health.get("torch_ready") else "warming up"],
+        ["memory", daemon_memory(health.get("rss_bytes"), health.get("idle_rss_bytes"))],
     ]
     for item in health.get("preload") or ():
         error = f" ({item['error']})" if item.get("error") else ""
         rows.append(["preload", f"{item.get('name')} on {item.get('device') or '-'}: "
                                 f"{item.get('state')}{error}"])
     output.print_table([("", "left"), ("", "left")], rows, show_header=False)
+
+
+def daemon_memory(rss: int | None, idle_rss: int | None) -> str:
+    """``"RSS 612 MiB (480 MiB with no model loaded)"``: the daemon's own footprint."""
+    if rss is None:
+        return "-"
+    own = f" ({format_bytes(idle_rss)} with no model loaded)" if idle_rss else \
+        " (torch still warming up)"
+    return f"RSS {format_bytes(rss)}{own}"
+
+
+@app.command("close-listener")
+def close_listener(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Argument(metavar="PORT", min=1, max=65535,
+                                        help="The TCP port to stop listening on.")],
+    host: Annotated[str | None, typer.Option(
+        "--host", metavar="HOST", help="Only the listener on this address [default: any].")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Close one of the daemon's HTTP listeners; the daemon and its models stay."""
+    state = get_state(ctx)
+    client = state.socket_client()
+    try:
+        reply = client.close_listener(port, host)
+    except DaemonNotRunning as exc:
+        raise state.no_daemon(exc, "so nothing listens") from exc
+    finally:
+        client.close()
+    if as_json:
+        output.print_json(reply)
+        return
+    for url in reply.get("closed") or ():
+        output.say(f"closed {url}")
+    left = reply.get("listeners") or []
+    output.hint(f"still listening on {', '.join(left)}" if left else
+                "the daemon now listens on its Unix socket only")
 
 
 @app.command("logs")
@@ -271,6 +336,9 @@ def logs(
 
 def _follow(path: Path) -> None:
     """Print what is appended to ``path``; start over when it is replaced or truncated."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     f: IO[bytes] | None = None
     inode = None
     skip_to_end = path.exists()  # its tail was printed already
@@ -287,8 +355,9 @@ def _follow(path: Path) -> None:
             inode = os.fstat(f.fileno()).st_ino
         chunk = f.read()
         if chunk:
-            sys.stdout.buffer.write(chunk)  # bytes: a read may end inside a UTF-8 character
-            sys.stdout.buffer.flush()
+            # Decoded incrementally: a read may end inside a UTF-8 character.
+            sys.stdout.write(output.printable_lines(decoder.decode(chunk)))
+            sys.stdout.flush()
             continue
         time.sleep(0.25)
         try:

@@ -17,7 +17,6 @@ from modelctl.units import format_bytes
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
-    from rich.table import Table
 
     from modelctl.wire import CpuReport, CudaReport, DevicesReport
 
@@ -64,12 +63,26 @@ def device_rows(info: DevicesReport) -> list[list[Any]]:
     return rows
 
 
-def devices_table(info: DevicesReport) -> Table:
-    notes = [native_note(info)]
+def devices_table(info: DevicesReport) -> RenderableType:
+    """The devices table, then which precisions run natively, the daemon's own memory and
+    why cuda is missing, if it is."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from modelctl.cli.daemon import daemon_memory
+
+    cpu = info.get("cpu") or {}
+    # Lines after the table rather than its caption: rich would wrap a caption to the
+    # table's width, which is narrow once columns are dropped.
+    lines = [Text(line, style="dim") for line in native_note(info).splitlines()]
+    if cpu.get("process_rss") is not None:
+        memory = daemon_memory(cpu["process_rss"], cpu.get("process_idle_rss"))
+        lines.append(Text(f"modelctl daemon: {memory}", style="dim"))
     if not info.get("cuda_available") and info.get("cuda_error"):
-        notes.append(f"cuda: {info['cuda_error']}")
-    caption = "\n".join(n for n in notes if n) or None
-    return output.make_table(DEVICE_COLUMNS, device_rows(info), caption=caption)
+        lines.append(Text(f"cuda: {info['cuda_error']}", style="dim"))
+    table = output.make_table(DEVICE_COLUMNS, device_rows(info),
+                              drop=("MEMORY", "BUDGET", "UTIL"))
+    return Group(table, *lines)
 
 
 def native_note(info: DevicesReport) -> str:
@@ -89,17 +102,25 @@ def native_note(info: DevicesReport) -> str:
 def devices(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Show memory, budgets and use of the cpu and each GPU. Never starts a daemon."""
     state = get_state(ctx)
-    info = _fetch(state)["devices"]
+    info = _fetch(state, first=True)["devices"]
     if as_json:
         output.print_json(info)
     else:
         output.show(devices_table(info))
 
 
-def _fetch(state: State) -> dict[str, Any]:
-    client = state.client(timeout=10.0)
+def _fetch(state: State, first: bool = False) -> dict[str, Any]:
+    client = state.client(timeout=120.0 if first else 10.0)
     try:
-        return {"devices": client.devices(), "models": client.list_models()}
+        if first and not client.health().get("torch_ready", True):
+            # The daemon answers devices only once torch is imported: seconds, after a boot.
+            with output.activity("the daemon is still importing torch; waiting"):
+                if not output.stderr_is_tty():
+                    output.hint("the daemon is still importing torch; waiting for it")
+                info = client.devices()
+        else:
+            info = client.devices()
+        return {"devices": info, "models": client.list_models()}
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc) from exc
     finally:
@@ -118,7 +139,8 @@ def frame(snapshot: dict[str, Any], note: str = "") -> RenderableType:
         str(e.get("requests", 0)), str(e.get("in_flight", 0)),
         entry_expiry(e, now),
     ] for e in snapshot["models"]]
-    models = (output.make_table(TOP_MODEL_COLUMNS, rows) if rows
+    models = (output.make_table(TOP_MODEL_COLUMNS, rows,
+                                drop=("REQUESTS", "LAST USED", "EXPIRES")) if rows
               else Text("no models loaded", style="dim"))
     stamp = datetime.now().strftime("%H:%M:%S")
     footer = Text(f"{stamp}  {note or 'Ctrl-C quits'}", style="dim")
@@ -135,7 +157,7 @@ def top(
 ) -> None:
     """Watch devices and models live until Ctrl-C. Never starts a daemon."""
     state = get_state(ctx)
-    snapshot = _fetch(state)
+    snapshot = _fetch(state, first=True)
     if as_json:
         output.print_json(snapshot)
         return

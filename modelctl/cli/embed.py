@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelctl.cli import output
-from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg
+from modelctl.cli.params import DeviceOpt, JsonOpt, ModelArg, local_model_name
 from modelctl.cli.state import get_state
 from modelctl.errors import ModelctlError
 
@@ -99,7 +99,13 @@ def embed(
     device: DeviceOpt = None,
     normalize: Annotated[bool | None, typer.Option(
         "--normalize/--no-normalize",
-        help="Scale each embedding to unit length [default: the model's own setting].")] = None,
+        help="Scale each embedding to unit length [default: yes, as Marqo].")] = None,
+    query: Annotated[bool, typer.Option(
+        "--query", help="Texts are search queries: put the model's query prefix before each "
+        "(e5's `query: `, bge's instruction).")] = False,
+    document: Annotated[bool, typer.Option(
+        "--document", help="Texts are documents: put the model's document prefix before "
+        "each (e5's `passage: `).")] = False,
     out: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE.npy",
         help="Write a float32 matrix (one row per input) instead of JSON lines.")] = None,
@@ -114,9 +120,14 @@ def embed(
     """
     if out is not None and not out.parent.is_dir():
         raise typer.BadParameter(f"no such directory: {out.parent}", param_hint="--output")
+    if query and document:
+        raise typer.BadParameter("give --query or --document, not both", param_hint="--query")
     items = collect_inputs(texts, images)
+    name = local_model_name(name)
     client = get_state(ctx).started_client()
-    options: dict[str, Any] = {"device": device, "normalize": normalize}
+    options: dict[str, Any] = {"device": device, "normalize": normalize,
+                               "input_type": "query" if query else
+                               "document" if document else None}
     if out is not None:
         _to_npy(client, name, items, batch_size, out, as_json, options)
         return

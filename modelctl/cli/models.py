@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,13 +23,16 @@ from modelctl.cli.params import (
     PrecisionOpt,
     duration_value,
     json_object_value,
+    local_model_name,
+    local_properties,
 )
 from modelctl.cli.state import State, get_state, static_registry
-from modelctl.errors import DaemonNotRunning, ModelNotInCache
+from modelctl.errors import DaemonNotRunning, DaemonUnreachable, ModelNotInCache
 from modelctl.units import format_bytes
 
 if TYPE_CHECKING:
-    from modelctl.wire import CacheEntry
+    from modelctl.client import Client
+    from modelctl.wire import CacheEntry, EjectedModel
 
 # A load may download weights first: give it an hour before the CLI gives up waiting.
 LOAD_TIMEOUT = 3600.0
@@ -38,6 +42,23 @@ ENTRY_COLUMNS: list[output.Column] = [
     ("STATE", "left"), ("SIZE", "right"), ("LOADED", "left"), ("LAST USED", "left"),
     ("REQUESTS", "right"), ("PIN", "left"), ("EXPIRES", "left"),
 ]
+
+
+# What an 80-column terminal gives up first, in order (the name is cut last). VARIANT
+# is kept while any entry is not the default torch/fp32 (two variants of one name on
+# one device differ only there: the name is cut instead); otherwise it goes first.
+ENTRY_DROP = ("LOADED", "FAMILY", "REQUESTS", "PIN", "DIM", "EXPIRES")
+
+
+def entry_drop(entries: list[CacheEntry]) -> tuple[str, ...]:
+    """ENTRY_DROP for these entries: VARIANT first when it says nothing, else never."""
+    if all(entry_variant(e) == "torch/fp32" for e in entries):
+        return ("VARIANT", *ENTRY_DROP)
+    return ENTRY_DROP
+
+
+def entry_variant(entry: Mapping[str, Any]) -> str:
+    return f"{entry.get('engine') or 'torch'}/{entry.get('precision') or 'fp32'}"
 
 
 def entry_size(entry: CacheEntry) -> int | None:
@@ -58,13 +79,18 @@ def entry_expiry(entry: CacheEntry, now: datetime) -> str:
     return output.until(entry.get("expires_at"), now)
 
 
+def entry_family(entry: Mapping[str, Any]) -> str:
+    """Marqo's type; ``(torch)`` when Marqo runs the name in another engine (ONNX)."""
+    family = str(entry.get("family") or "-")
+    return f"{family} (torch)" if entry.get("marqo_engine") else family
+
+
 def entry_row(entry: CacheEntry, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
     pinned = bool(entry.get("pinned"))
     return [
-        str(entry.get("name")), str(entry.get("device")),
-        f"{entry.get('engine') or 'torch'}/{entry.get('precision') or 'fp32'}",
-        str(entry.get("family") or "-"),
+        str(entry.get("name")), str(entry.get("device")), entry_variant(entry),
+        entry_family(entry),
         str(entry.get("dimensions") or "-"), str(entry.get("state") or "-"),
         format_bytes(entry_size(entry)), output.ago(entry.get("loaded_at"), now),
         output.ago(entry.get("last_used_at"), now), str(entry.get("requests", 0)),
@@ -78,9 +104,10 @@ def print_entries(entries: list[CacheEntry]) -> None:
     if any("replica" in e for e in entries):  # a cluster's fleet view: where each copy is
         output.print_table(FLEET_COLUMNS + ENTRY_COLUMNS, [
             [str(e.get("node") or "-"), str(e.get("replica") or "-"), *entry_row(e, now)]
-            for e in entries])
+            for e in entries], drop=("REPLICA", *entry_drop(entries)))
         return
-    output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries])
+    output.print_table(ENTRY_COLUMNS, [entry_row(e, now) for e in entries],
+                       drop=entry_drop(entries))
 
 
 FLEET_COLUMNS: list[output.Column] = [("NODE", "left"), ("REPLICA", "left")]
@@ -112,6 +139,8 @@ def _loaded(state: State) -> list[CacheEntry] | None:
     client = state.client(timeout=30.0)
     try:
         return client.list_models()
+    except DaemonUnreachable:
+        raise  # a daemon runs and refuses: not "nothing is loaded"
     except DaemonNotRunning as exc:
         if state.settings.url:  # a server named on purpose: not answering is an error
             raise state.no_daemon(exc) from exc
@@ -153,7 +182,8 @@ def load(
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (starting the daemon if none runs) and show its entry."""
-    props = json_object_value(properties, "--properties")
+    props = local_properties(json_object_value(properties, "--properties"))
+    name = local_model_name(name)
     seconds = duration_value(keep_alive, "--keep-alive")
     state = get_state(ctx)
     if copies is not None or node is not None:
@@ -201,7 +231,7 @@ def eject(
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
         if not all_:
-            raise _not_loaded(exc) from exc
+            raise _not_loaded(exc, name, client) from exc
         result = {"ejected": [], "bytes_freed": 0}
     if as_json:
         output.print_json(result)
@@ -215,22 +245,56 @@ def eject(
             freed = item["device_bytes_freed"]
         tail = f", freed {format_bytes(freed)}" if freed is not None else ""
         where = f" on {item['node']}/{item.get('replica')}" if item.get("node") else ""
-        output.say(f"ejected {item.get('name')} from {item.get('device')}{where}{tail}")
+        output.say(f"ejected {item.get('name')} from {item.get('device')}{where}{tail}"
+                   f"{freed_note(_size(item), freed, str(item.get('device')))}")
 
 
-def _not_loaded(exc: ModelNotInCache) -> ModelNotInCache:
-    return ModelNotInCache(f"{exc.message}; `modelctl ls` shows what is loaded")
+def _size(item: EjectedModel) -> int | None:
+    """What ``ls`` showed as SIZE for an ejected copy (as ``entry_size``)."""
+    if str(item.get("device", "")).startswith("cuda") and item.get("device_bytes") is not None:
+        return item["device_bytes"]
+    return item.get("bytes")
+
+
+def freed_note(size: int | None, freed: int | None, device: str) -> str:
+    """Why the memory that came back is not the SIZE `ls` showed, where it is not."""
+    if not size or freed is None or abs(freed - size) <= size // 10:
+        return ""
+    if freed > size:
+        return f" (more than its size, {format_bytes(size)}: buffers it had filled came back too)"
+    if device.startswith("cuda"):
+        return (f" (of {format_bytes(size)}: torch's allocator keeps what it reserved for reuse "
+                "until another process needs it; not a leak)")
+    return (f" (of {format_bytes(size)}: weights read from memory-mapped files and heap the "
+            "allocator keeps count toward SIZE but leave RSS only when the system needs "
+            "the memory; not a leak)")
+
+
+def _not_loaded(exc: ModelNotInCache, name: str | None = None,
+                client: Client | None = None) -> ModelNotInCache:
+    guess = ""
+    if name and client is not None:
+        from modelctl.suggest import did_you_mean
+
+        try:
+            loaded = {str(e.get("name")) for e in client.list_models()}
+        except Exception:  # the advice is a courtesy: never let it hide the error
+            loaded = set()
+        guess = did_you_mean(name, loaded)
+    return ModelNotInCache(f"{exc.message}; {guess + ' ' if guess else ''}"
+                           "`modelctl ls` shows what is loaded")
 
 
 def _set_pin(ctx: typer.Context, name: str, device: str | None, pin: bool,
              as_json: bool) -> None:
     state = get_state(ctx)
+    client = state.client(timeout=30.0)
     try:
-        changed = state.client(timeout=30.0).update_model(name, device, pin=pin)
+        changed = client.update_model(name, device, pin=pin)
     except DaemonNotRunning as exc:
         raise state.no_daemon(exc, "so nothing is loaded") from exc
     except ModelNotInCache as exc:
-        raise _not_loaded(exc) from exc
+        raise _not_loaded(exc, name, client) from exc
     if as_json:
         output.print_json(changed)
         return
@@ -281,7 +345,8 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     offline = {True: "yes", False: "no", None: "?"}
     output.print_table(REGISTRY_COLUMNS, [
-        [str(e.get("name")), str(e.get("family") or "-"), str(e.get("dimensions") or "-"),
-         ",".join(e.get("modalities") or ()) or "-", offline.get(e.get("available_offline"), "?"),
+        [str(e.get("name")), entry_family(e), str(e.get("dimensions") or "-"),
+         ",".join(e.get("modalities") or ()) or "-",
+         "refused" if e.get("refused") else offline.get(e.get("available_offline"), "?"),
          ", ".join(e.get("aliases") or ()) or "-"]
-        for e in entries])
+        for e in entries], drop=("ALIASES", "MODALITIES", "OFFLINE", "DIM"))

@@ -71,6 +71,35 @@ def stderr_is_tty() -> bool:
     return _isatty(sys.stderr)
 
 
+# -- what a terminal must not interpret ----------------------------------------------------
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every control and format character (escape sequences, OSC 52
+    clipboard writes, carriage returns, bidi overrides, zero-width characters) written
+    as a visible escape like ``\\x1b``, except those in ``keep``.
+
+    Model names, paths and messages come from whoever talks to the daemon: printed raw,
+    they could clear the screen, write the clipboard or forge log lines.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    import unicodedata
+
+    out = []
+    for char in text:
+        if char in keep or (char.isprintable() and unicodedata.category(char)[0] != "C"):
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+                       if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def printable_lines(text: str) -> str:
+    """``printable`` line by line: lines and tabs stay, everything else is escaped."""
+    return printable(text, keep="\n\t")
+
+
 # -- plain text ------------------------------------------------------------------------
 def print_json(data: Any, indent: int | None = 2) -> None:
     """The JSON document, alone on stdout."""
@@ -80,13 +109,13 @@ def print_json(data: Any, indent: int | None = 2) -> None:
 
 def say(message: str) -> None:
     """One line of result on stdout (``ejected X from cpu, freed 85.8 MiB``)."""
-    sys.stdout.write(message + "\n")
+    sys.stdout.write(printable_lines(message) + "\n")
     sys.stdout.flush()
 
 
 def hint(message: str) -> None:
     """One line for the person on stderr: never part of the data on stdout."""
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(printable_lines(message) + "\n")
     sys.stderr.flush()
 
 
@@ -98,11 +127,75 @@ def warn(message: str) -> None:
 Column = tuple[str, str]  # (header, justify: "left" | "right")
 
 
+def terminal_width() -> int | None:
+    """The width tables must fit: the terminal's (or a test console's); ``None`` in a pipe."""
+    width = console().width
+    return None if width >= _PIPE_WIDTH else width
+
+
+def fit(columns: Sequence[Column], rows: Sequence[Sequence[Any]], width: int,
+        drop: Sequence[str] = (), shrink: str = "NAME",
+        ) -> tuple[list[Column], list[list[Any]]]:
+    """The columns and rows of a table cut to ``width`` terminal cells.
+
+    Columns named in ``drop`` go first, in that order, until the rest fits; then the
+    ``shrink`` column's values are cut in the middle with "…" (a hub name's last part is
+    the one that tells models apart). Headers are never cut.
+    """
+    from rich.cells import cell_len
+
+    def cells(value: Any) -> int:
+        return int(value.cell_len) if hasattr(value, "cell_len") else cell_len(str(value))
+
+    widths = [max([len(header), *(cells(row[i]) for row in rows)])
+              for i, (header, _) in enumerate(columns)]
+    kept = list(range(len(columns)))
+
+    def total() -> int:
+        return sum(widths[i] for i in kept) + 2 * (len(kept) - 1)
+
+    names = [header for header, _ in columns]
+    for header in drop:
+        if total() <= width:
+            break
+        if header in names and names.index(header) in kept:
+            kept.remove(names.index(header))
+    new_rows = [[row[i] for i in kept] for row in rows]
+    new_columns = [columns[i] for i in kept]
+    if total() > width and shrink in names and names.index(shrink) in kept:
+        at = kept.index(names.index(shrink))
+        room = max(len(shrink), 8, widths[names.index(shrink)] - (total() - width))
+        for row in new_rows:
+            if isinstance(row[at], str):
+                row[at] = cut_middle(row[at], room)
+    return new_columns, new_rows
+
+
+def cut_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` cells: its start, "…", and a longer end."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) * 2 // 3
+    return text[:width - 1 - tail] + "…" + text[len(text) - tail:]
+
+
 def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
                title: str | None = None, caption: str | None = None,
-               show_header: bool = True) -> Table:
-    """A borderless table (like ``docker ps``): easy to read, easy to grep."""
+               show_header: bool = True, drop: Sequence[str] | None = None,
+               shrink: str = "NAME") -> Table:
+    """A borderless table (like ``docker ps``): easy to read, easy to grep.
+
+    With ``drop`` (the columns to give up first), a table wider than the terminal is cut
+    to fit it (``fit``); in a pipe every column is kept whole. Text cells are shown as
+    they are: never read as rich markup (a model named ``[link=...]`` stays those
+    characters), control characters escaped.
+    """
     from rich.table import Table
+    from rich.text import Text
+
+    width = terminal_width() if drop is not None else None
+    if width is not None:
+        columns, rows = fit(columns, rows, width, drop or (), shrink)
 
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
                   show_header=show_header,
@@ -111,21 +204,25 @@ def make_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
     for header, justify in columns:
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(printable(cell)) if isinstance(cell, str) else cell
+                        for cell in row))
     return table
 
 
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *,
                 title: str | None = None, caption: str | None = None,
-                show_header: bool = True) -> None:
-    show(make_table(columns, rows, title=title, caption=caption, show_header=show_header))
+                show_header: bool = True, drop: Sequence[str] | None = None,
+                shrink: str = "NAME") -> None:
+    show(make_table(columns, rows, title=title, caption=caption, show_header=show_header,
+                    drop=drop, shrink=shrink))
 
 
 def show(renderable: RenderableType) -> None:
-    """Print ``renderable`` on stdout, never cut to the terminal's width, unpadded.
+    """Print ``renderable`` on stdout, unpadded, never squeezed by rich.
 
-    A table wider than the terminal is printed whole and left to the terminal to wrap
-    (as ``docker ps`` does), rather than have rich elide names and numbers with "…".
+    Tables are cut to the terminal by ``make_table(drop=...)``, which chooses what to
+    give up; whatever is still wider is printed whole and left to the terminal to wrap,
+    rather than have rich break headers mid-word and elide numbers.
     """
     from rich.measure import Measurement
 
@@ -164,7 +261,9 @@ def activity(message: str) -> Iterator[None]:
     if not stderr_is_tty():
         yield
         return
-    with console(stderr=True).status(message):
+    from rich.text import Text
+
+    with console(stderr=True).status(Text(printable(message))):  # a name: never markup
         yield
 
 

@@ -18,7 +18,8 @@ import typer
 from modelctl.units import parse_duration, parse_size
 
 JsonOpt = Annotated[bool, typer.Option(
-    "--json", help="Print JSON on stdout (only the JSON document; hints go to stderr).")]
+    "--json", help="Print JSON on stdout (only the JSON document; hints go to stderr, "
+                   "and an error is a JSON document there).")]
 
 DeviceOpt = Annotated[str | None, typer.Option(
     "--device", "-d", metavar="DEVICE",
@@ -138,3 +139,27 @@ def json_object_value(text: str | None, flag: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise typer.BadParameter("must be a JSON object ({...})", param_hint=flag)
     return value
+
+
+def local_model_name(name: str) -> str:
+    """``name`` with a local path made absolute: the daemon runs elsewhere (its own
+    working directory), so ``./my-model`` must reach it as ``/home/me/my-model``.
+
+    A path is a name that starts with ``.`` or ``~``, or names a directory that exists
+    here (``models/e5`` beside you, rather than a hub id of that spelling).
+    """
+    import os
+
+    if name.startswith((".", "~")) or (not name.startswith("/") and os.path.isdir(name)):
+        return os.path.abspath(os.path.expanduser(name))
+    return name
+
+
+def local_properties(props: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``properties`` with a relative ``localpath`` made absolute (see ``local_model_name``)."""
+    import os
+
+    path = (props or {}).get("localpath")
+    if props is None or not isinstance(path, str) or path.startswith(("/", "file:")):
+        return props
+    return {**props, "localpath": os.path.abspath(os.path.expanduser(path))}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from modelctl import __version__
 from modelctl.cli.global_options import GlobalOptions
 from modelctl.config import Settings
-from modelctl.errors import DaemonNotRunning
+from modelctl.errors import DaemonNotRunning, DaemonUnreachable
 
 if TYPE_CHECKING:
     import typer
@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 def build_settings(*, socket: Path | None = None, url: str | None = None,
                    api_key: str | None = None, runtime_dir: Path | None = None,
                    environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment, then the global flags (``None``: flag not given)."""
-    return Settings.from_env(environ).with_overrides(
+    """Settings from the environment, then the global flags (``None``: flag not given).
+
+    Lenient: a bad value of a daemon's knob is the daemon's to reject (``daemon start``
+    and ``serve`` check the environment strictly first), never a reason for ``ls`` to fail.
+    """
+    return Settings.from_env(environ, strict=False).with_overrides(
         runtime_dir=runtime_dir, socket_path=socket, url=url, api_key=api_key)
 
 
@@ -81,6 +85,8 @@ class State:
         ``consequence`` (``"so nothing is loaded"``) replaces the advice to start a daemon,
         where starting one would not help.
         """
+        if isinstance(exc, DaemonUnreachable):
+            return exc  # a daemon runs: advice about starting one would mislead
         if self.settings.url:
             return DaemonNotRunning(f"{exc.message}; check the URL, and that "
                                     "`modelctl serve --http` runs there")
@@ -109,13 +115,13 @@ def get_state(ctx: typer.Context) -> State:
 
 
 def static_registry() -> list[dict[str, Any]] | None:
-    """The registry shipped with the daemon's loaders, without asking a daemon.
+    """The registry shipped with modelctl, without asking a daemon.
 
-    ``modelctl.daemon.loaders.registry`` is pure data (stdlib only). Whether weights are on
+    ``modelctl.registry`` is data read with the stdlib. Whether weights are on
     this machine is the daemon's to say, so ``available_offline`` is ``None`` here.
     """
     try:
-        from modelctl.daemon.loaders.registry import list_registry
+        from modelctl.registry import list_registry
     except ImportError:
         return None
     return [{**entry, "available_offline": None} for entry in list_registry()]

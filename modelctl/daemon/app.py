@@ -29,6 +29,7 @@ from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     ApiError,
     BadRequest,
+    Forbidden,
     InternalError,
     MethodNotAllowed,
     NotFound,
@@ -45,7 +46,7 @@ FastBody = Callable[[DaemonState], bytes]
 # GET routes without parameters that monitors poll (Marqo's /models, /device/cpu, /):
 # the Listener answers them without FastAPI's routing and dependency machinery, which
 # is most of such a request's CPU time. Each is also a FastAPI route with the same
-# body function, so /openapi.json and /docs describe it and the bytes cannot differ.
+# body function, so /openapi.json describes it and the bytes cannot differ.
 FAST_GET: dict[str, FastBody] = {}
 
 
@@ -101,6 +102,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("bad argument, device or request (invalid_argument, bad_request, "
                      "hardware_compatability_error)"),
     401: _documented("TCP request without the API key"),
+    403: _documented("a loopback listener asked for a foreign Host (DNS rebinding)"),
     404: _documented("model not in the cache, or no such route"),
     409: _documented("the cache cannot make room, or a conflicting change"),
     413: _documented("body, batch, text or image over its limit"),
@@ -115,7 +117,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def create_app(state: DaemonState) -> FastAPI:
     from modelctl.daemon import embeddings, routes_marqo, routes_native
 
-    app = FastAPI(title="modelctl", version=__version__,
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, so they
+    # are blank offline; /openapi.json is the whole API for any viewer or generator.
+    app = FastAPI(title="modelctl", version=__version__, docs_url=None, redoc_url=None,
                   description="A per-host model cache: native /v1 API, OpenAI-style "
                               "embeddings and Marqo's /models and /device routes.")
     app.state.daemon = state
@@ -138,7 +142,7 @@ def create_app(state: DaemonState) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.method} {request.url.path}; "
-                                           "see /docs for the API"))
+                                           "see /openapi.json for the API"))
         if exc.status_code == 405:
             return error_response(MethodNotAllowed(  # keep Allow: RFC 9110 requires it
                 f"{request.method} is not allowed on {request.url.path}"), exc.headers)
@@ -179,7 +183,8 @@ class Listener:
     """The app as one listener serves it (pure ASGI: no per-request middleware stack)."""
 
     def __init__(self, app: ASGIApp, state: DaemonState, *, kind: str,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None,
+                 allowed_hosts: tuple[str, ...] | None = None) -> None:
         self.app = app
         self.state = state
         self.kind = kind  # "unix" or "tcp"
@@ -187,6 +192,9 @@ class Listener:
         # key's value nor its length shows in the time a wrong guess takes.
         self.api_key = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.max_body = state.settings.limits.max_body_bytes
+        # None: any Host (the socket, and listeners bound beyond loopback).
+        self.allowed_hosts = (None if allowed_hosts is None or "*" in allowed_hosts
+                              else frozenset(allowed_hosts))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -196,6 +204,14 @@ class Listener:
             return
         scope[LISTENER_KEY] = self.kind
         headers = dict(scope.get("headers") or ())
+        if self.allowed_hosts is not None and not _host_allowed(headers.get(b"host"),
+                                                                self.allowed_hosts):
+            await _send_error(send, Forbidden(
+                "this loopback listener answers requests for localhost only, not for the "
+                "Host this request names (a web page's script, reaching the port through "
+                "its own domain, is refused this way); add the name to "
+                "MODELCTL_ALLOWED_HOSTS to allow it"))
+            return
         if self.api_key is not None and not self._authorized(headers):
             await _send_error(send, Unauthorized(
                 "missing or wrong API key: send it as x-api-key or Authorization: Bearer"))
@@ -266,6 +282,20 @@ class Listener:
             return message
 
         return bounded_receive
+
+
+def _host_allowed(raw: bytes | None, allowed: frozenset[str]) -> bool:
+    if raw is None:
+        return True  # HTTP/1.0 without Host: no browser sends that
+    host = raw.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    # *.localhost resolves to loopback in browsers themselves (RFC 6761): no page can
+    # rebind it.
+    return host in allowed or host.endswith(".localhost")
 
 
 class _BodyTooLarge(PayloadTooLarge):

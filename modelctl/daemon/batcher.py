@@ -10,11 +10,19 @@ each batch into forward passes by token length (``loaders/padding.py``).
 
 The queue is bounded (``Limits.max_queue_items``, ``MODELCTL_MAX_QUEUE``): a request
 that would overfill it is refused with 429 at once rather than left to wait.
+
+Fair sharing: each request keeps its own queue, and a batch takes one input from each
+waiting request in turn, so a one-sentence request is in the next batch even behind
+thousands of another client's inputs. A request that is cancelled (its client went
+away) leaves the queue at once: abandoned work holds up no one. A text counts towards
+a batch's character bound only as far as the model reads it (its token limit, in
+characters), so a long text that is truncated anyway does not take a batch of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -33,6 +41,9 @@ MAX_BATCH_ITEMS = 128
 MAX_BATCH_CHARS = 128 * 1024
 MAX_WAIT_S = 0.003
 MAX_QUEUE_ITEMS = 8192
+# Characters a token takes at most, for the character bound of a truncated text: more
+# than any tokenizer's average (~4), so only texts that are truncated anyway are capped.
+CHARS_PER_TOKEN_BOUND = 16
 
 
 @dataclass(eq=False)
@@ -44,6 +55,7 @@ class _Job:
     rows: list[np.ndarray | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     remaining: int = 0
+    waiting: deque[_Item] = field(default_factory=deque)
 
 
 @dataclass(eq=False)
@@ -65,7 +77,10 @@ class Batcher:
         self.max_items = max_items
         self.max_chars = max_chars
         self.max_queue = max_queue
-        self._queue: deque[_Item] = deque()
+        # Requests with inputs still waiting, in the order they arrived; the inputs wait
+        # on their request's own deque (``_Job.waiting``).
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0
         self._wakeup = asyncio.Event()
         self._closed = False
         self._last_batch_jobs = 0
@@ -73,7 +88,7 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     async def embed(self, kind: str, payloads: list[Any], normalize: bool | None, *,
                     max_queue: int | None = None) -> tuple[np.ndarray, list[int]]:
@@ -86,61 +101,95 @@ class Batcher:
         if self._closed:
             raise ServiceUnavailable(f"{self.label[0]} is being ejected; try again")
         limit = self.max_queue if max_queue is None else max_queue
-        if self._queue and len(self._queue) + len(payloads) > limit:
+        if self._queued and self._queued + len(payloads) > limit:
             self.metrics.rejected(self.label)
             raise TooManyRequests(
-                f"{self.label[0]} on {self.label[1]} has {len(self._queue)} inputs queued "
+                f"{self.label[0]} on {self.label[1]} has {self._queued} inputs queued "
                 f"(at most {limit}); retry shortly or send smaller batches")
         loop = asyncio.get_running_loop()
         job = _Job(kind, normalize, len(payloads), loop.create_future(),
                    rows=[None] * len(payloads), tokens=[0] * len(payloads),
                    remaining=len(payloads))
+        cap = (self.model.max_tokens or 512) * CHARS_PER_TOKEN_BOUND
         for i, payload in enumerate(payloads):
-            length = len(payload) if kind == "text" else 1
-            self._queue.append(_Item(job, i, payload, length))
+            length = min(len(payload), cap) if kind == "text" else 1
+            job.waiting.append(_Item(job, i, payload, length))
+        self._jobs.append(job)
+        self._queued += len(payloads)
         self._wakeup.set()
-        return await job.future
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: _Job) -> None:
+        """Drop what is left of a cancelled request (its inputs in a batch already run)."""
+        if not job.future.done():
+            job.future.cancel()
+        self._queued -= len(job.waiting)
+        job.waiting.clear()
+        with contextlib.suppress(ValueError):
+            self._jobs.remove(job)
 
     def close(self) -> None:
         self._closed = True
         self._worker.cancel()
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.job.future.done():
-                item.job.future.set_exception(
+        while self._jobs:
+            job = self._jobs.popleft()
+            job.waiting.clear()
+            if not job.future.done():
+                job.future.set_exception(
                     ServiceUnavailable(f"{self.label[0]} was ejected while queued"))
+        self._queued = 0
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
-                if self._last_batch_jobs > 1 and len(self._queue) < self.max_items:
+            while self._jobs:
+                if self._last_batch_jobs > 1 and self._queued < self.max_items:
                     # Others were here a moment ago: give their next requests a few
                     # milliseconds to arrive, and run them in one batch.
                     await asyncio.sleep(MAX_WAIT_S)
                 batch = self._take()
-                await self._execute(batch)
+                if batch:
+                    await self._execute(batch)
 
     def _take(self) -> list[_Item]:
-        """The next batch: FIFO, one kind and normalize setting, within both bounds."""
-        first = self._queue[0]
-        kind, normalize = first.job.kind, first.job.normalize
+        """The next batch: one kind and normalize setting (the first waiting request's),
+        one input from each waiting request in turn, within both bounds."""
+        if not self._jobs:
+            return []
+        first = self._jobs[0]
+        kind, normalize = first.kind, first.normalize
+        sharing = [job for job in self._jobs
+                   if job.kind == kind and job.normalize == normalize]
         batch: list[_Item] = []
         chars = 0
-        skipped: list[_Item] = []
-        while self._queue and len(batch) < self.max_items:
-            item = self._queue[0]
-            if item.job.kind != kind or item.job.normalize != normalize:
-                skipped.append(self._queue.popleft())
-                if len(skipped) > self.max_items:
+        full = False
+        while not full and len(batch) < self.max_items:
+            took = False
+            for job in sharing:
+                if not job.waiting:
+                    continue
+                item = job.waiting[0]
+                if batch and chars + item.length > self.max_chars:
+                    full = True
                     break
-                continue
-            if batch and chars + item.length > self.max_chars:
+                batch.append(job.waiting.popleft())
+                chars += item.length
+                took = True
+                if len(batch) >= self.max_items:
+                    break
+            if not took:
                 break
-            batch.append(self._queue.popleft())
-            chars += item.length
-        self._queue.extendleft(reversed(skipped))
+        self._queued -= len(batch)
+        for job in sharing:
+            if not job.waiting:
+                self._jobs.remove(job)
+        if self._jobs and self._jobs[0] is first:
+            self._jobs.rotate(-1)  # the next batch starts with the next request
         return batch
 
     async def _execute(self, batch: list[_Item]) -> None:

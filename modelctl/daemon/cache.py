@@ -38,7 +38,6 @@ from modelctl.daemon.budget import Budgets
 from modelctl.daemon.devices import check_device_present, display_device, native_precisions
 from modelctl.daemon.loaders import precision
 from modelctl.daemon.loaders.base import LoadedModel
-from modelctl.daemon.loaders.registry import ModelSpec
 from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
 from modelctl.daemon.threads import GovernedExecutor, ThreadGovernor
@@ -48,6 +47,7 @@ from modelctl.errors import (
     ModelNotInCache,
     ServiceUnavailable,
 )
+from modelctl.registry import ModelSpec
 from modelctl.units import format_bytes, iso_from_timestamp
 from modelctl.wire import CacheEntry, EjectedModel
 
@@ -113,12 +113,16 @@ class Entry:
 
     def describe(self) -> CacheEntry:
         model = self.model
+        spec = self.spec
         return {
-            "name": self.name, "canonical_name": self.spec.name, "device": self.device,
-            "engine": self.spec.engine, "precision": self.spec.precision,
+            "name": self.name, "canonical_name": spec.name, "device": self.device,
+            "family": spec.family, "source": spec.source, "engine": spec.engine,
+            "marqo_engine": spec.marqo_engine,
+            # What runs here: Marqo's fp16 on cpu was made fp32 before the load (a warning).
+            "precision": spec.precision,
             "accuracy": getattr(model, "accuracy", None), "warnings": self.warnings,
             "onnx": getattr(model, "onnx", None),
-            "family": self.spec.family,
+            "custom": spec.custom, "properties": spec.properties,
             "dimensions": model.dimensions if model is not None else self.spec.dimensions,
             "modalities": list(self.spec.modalities), "state": self.state,
             "bytes": self.bytes, "device_bytes": self.device_bytes,
@@ -128,6 +132,35 @@ class Entry:
             "in_flight": self.leases, "pinned": self.pinned, "keep_alive": self.keep_alive,
             "expires_at": iso_from_timestamp(self.expires_at),
         }
+
+
+_NOTES = ("note", "notes")
+# The variant's fields: the cache key holds them, so entries that differ there are
+# different entries, never the same name with other properties.
+_VARIANT_FIELDS = ("precision", "engine")
+
+
+def property_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The modelProperties fields whose values differ (notes and the variant aside)."""
+    keys = sorted((set(old) | set(new)) - set(_NOTES) - set(_VARIANT_FIELDS))
+    return [key for key in keys if old.get(key) != new.get(key)]
+
+
+def _check_same_model(entry: Entry, spec: ModelSpec) -> None:
+    """One name is one model: other properties for a loaded name are a 409, never the
+    first copy served in their place (Marqo keys its cache on name and properties)."""
+    differing = property_differences(entry.spec.properties, spec.properties)
+    if not differing and (entry.spec.source, entry.spec.pretrained, entry.spec.extra) != \
+            (spec.source, spec.pretrained, spec.extra):
+        differing = ["source"]
+    if differing:
+        shown = ", ".join(f"{key} ({entry.spec.properties.get(key)!r} loaded, "
+                          f"{spec.properties.get(key)!r} asked)" if key != "source"
+                          else f"source ({entry.spec.source!r} loaded, {spec.source!r} asked)"
+                          for key in differing[:5])
+        raise CacheManagementError(
+            f"{spec.name} is loaded on {entry.device} with other properties: {shown}; "
+            "eject it first, or load these properties under another name")
 
 
 @dataclass
@@ -182,14 +215,20 @@ class ModelCache:
         The entry is returned with no ``await`` after its last check, so a caller that
         takes a lease at once always gets a ready model.
         """
+        spec, note = precision.on_device(spec, device)
         while True:
             if self._closing:
                 raise ServiceUnavailable("the daemon is shutting down")
             entry = self.entries.get((spec.name, device, spec.engine, spec.precision))
+            if entry is not None and entry.spec is not spec:
+                _check_same_model(entry, spec)
             if entry is None:
                 entry = self._start_load(spec, device, name or spec.name, bool(pin),
                                          self.default_keep_alive if keep_alive == "default"
                                          else keep_alive)  # type: ignore[arg-type]
+                if note:
+                    entry.warnings.append(note)
+                    log.warning("%s on %s: %s", entry.name, device, note)
             if entry.state == "ejecting":
                 await entry.gone.wait()  # never hand out a copy that is being freed
                 continue
@@ -247,9 +286,15 @@ class ModelCache:
                     for_name=entry.name)
                 over = self.budgets.shortfall(entry.device, 0, self._staying(entry.device))
                 if over > 0:
-                    log.warning("%s is %s over its budget after loading %s, which is "
-                                "larger than estimated; what holds the rest is pinned or in "
-                                "use", entry.device, format_bytes(over), entry.name)
+                    # The guard for an estimate that was short (or missing): the model
+                    # is freed again rather than kept over the budget.
+                    raise CacheManagementError(
+                        f"{entry.name} measured {format_bytes(entry.held_bytes)} once loaded "
+                        f"(estimated {format_bytes(entry.estimate or 0)}), which puts "
+                        f"{display_device(entry.device)} {format_bytes(over)} over its budget "
+                        f"of {format_bytes(self.budgets.budget(entry.device))}; what holds "
+                        "the rest is pinned or in use. Eject or unpin a model, or raise the "
+                        "budget; the load was undone")
                 entry.loaded_at = entry.last_used = time.time()
                 entry.state = "ready"
             self.metrics.loaded(entry)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import time
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -24,17 +26,32 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelctl.daemon.app import LISTENER_KEY
 from modelctl.daemon.devices import parse_device
-from modelctl.daemon.images import DATA_URI_PREFIX, decode_images, refuse_other_data_uri
+from modelctl.daemon.images import (
+    DATA_URI_PREFIX,
+    PendingImage,
+    check_decodable,
+    probe_images,
+    refuse_other_data_uri,
+)
 from modelctl.daemon.loaders import spec_for
 from modelctl.daemon.state import DaemonState
-from modelctl.errors import BadRequest, InternalError, InvalidArgument, PayloadTooLarge
+from modelctl.errors import (
+    BadRequest,
+    ClientGone,
+    InternalError,
+    InvalidArgument,
+    PayloadTooLarge,
+)
 
 if TYPE_CHECKING:
     from modelctl.config import Limits
     from modelctl.daemon.batcher import Batcher
     from modelctl.daemon.cache import Entry
+    from modelctl.daemon.loaders.base import LoadedModel
+    from modelctl.registry import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+T = TypeVar("T")
 
 # Rendering floats costs ~70 us a row: past this many rows it runs in a thread, so one
 # big request does not hold up every other client's replies.
@@ -54,6 +71,9 @@ class EmbeddingsRequest(BaseModel):
     precision: str | None = Field(None, max_length=8, description="the variant to use; "
                                   "default: the one loaded, else the daemon's default")
     engine: str | None = Field(None, max_length=8)
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="query or document: put the model's text_query_prefix or "
+        "text_chunk_prefix before each text (e5, bge, ...); absent: texts as given")
 
 
 @router.post("/embeddings", summary="Embed texts or images (OpenAI-compatible)")
@@ -66,25 +86,91 @@ async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
     entry = await _entry_for(state, request, body)
     if images and "image" not in entry.spec.modalities:
         raise InvalidArgument(f"{body.model} embeds text only; images need a CLIP model")
-    async with state.cache.lease(entry) as held:
-        # The lease covers the queued and batched work: eject waits for it.
-        assert held.batcher is not None
-        batcher, queue = held.batcher, limits.max_queue_items
-        if not images:
-            vectors, tokens = await batcher.embed("text", inputs, body.normalize,
-                                                  max_queue=queue)
-        elif len(images) == len(inputs):
-            pictures = await asyncio.to_thread(decode_images, inputs, limits)
-            vectors, tokens = await batcher.embed("image", pictures, body.normalize,
-                                                  max_queue=queue)
-        else:
-            vectors, tokens = await _mixed(batcher, inputs, images, body.normalize, limits)
+    inputs = with_prefix(entry.spec, inputs, images, body.input_type)
+    # Images are checked from their headers: a request over the pixel limits is refused
+    # before anything is decoded.
+    pending = (await asyncio.to_thread(probe_images, [inputs[i] for i in images], limits,
+                                       images) if images else [])
+    async with state.pixel_gate.reserve(sum(image.pixels for image in pending)):
+        if pending:
+            await asyncio.to_thread(check_decodable, pending)
+        vectors, tokens = await until_disconnected(
+            request, _embed(state, entry, inputs, images, pending, body.normalize,
+                            single=isinstance(body.input, str)))
     if body.encoding_format == "float" and len(inputs) > RENDER_INLINE_ROWS:
         content = await asyncio.to_thread(render, body.model, vectors, sum(tokens), "float")
     else:
         content = render(body.model, vectors, sum(tokens), body.encoding_format)
     state.metrics.embedded(entry, len(inputs), time.perf_counter() - started)
     return Response(content, media_type="application/json")
+
+
+def with_prefix(spec: ModelSpec, inputs: list[str], images: list[int],
+                input_type: str | None) -> list[str]:
+    """Texts with the model's query or document prefix (Marqo's text_query_prefix and
+    text_chunk_prefix); images and requests without ``input_type`` as given."""
+    prefix = {"query": spec.query_prefix, "document": spec.chunk_prefix}.get(input_type or "")
+    if not prefix:
+        return inputs
+    skip = set(images)
+    return [text if i in skip else prefix + text for i, text in enumerate(inputs)]
+
+
+async def _whole_request(model: LoadedModel, inputs: list[str], images: list[int],
+                         pending: list[PendingImage], *, single: bool,
+                         ) -> tuple[np.ndarray, list[int]]:
+    """A model whose vectors depend on the whole call (Marqo's ``random``): one call per
+    request, never batched with other requests."""
+    items: list[Any] = list(inputs)
+    if images:
+        pictures = await asyncio.to_thread(lambda: [image.rgb() for image in pending])
+        for row, picture in zip(images, pictures, strict=True):
+            items[row] = picture
+    return model.encode_request(items, single), [0] * len(items)
+
+
+async def _embed(state: DaemonState, entry: Entry, inputs: list[str], images: list[int],
+                 pending: list[PendingImage], normalize: bool | None, *, single: bool,
+                 ) -> tuple[np.ndarray, list[int]]:
+    limits = state.settings.limits
+    async with state.cache.lease(entry) as held:
+        # The lease covers the queued and batched work: eject waits for it.
+        assert held.batcher is not None and held.model is not None
+        batcher, queue = held.batcher, limits.max_queue_items
+        if held.model.whole_request:
+            return await _whole_request(held.model, inputs, images, pending, single=single)
+        if not images:
+            return await batcher.embed("text", inputs, normalize, max_queue=queue)
+        if len(images) == len(inputs):
+            return await batcher.embed("image", pending, normalize, max_queue=queue)
+        return await _mixed(batcher, inputs, images, pending, normalize, queue)
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, or cancel it when the client goes away first.
+
+    The body has been read, so the next ASGI message is ``http.disconnect``: while it has
+    not come the client still waits. A cancelled request's queued inputs leave its
+    model's queue (batcher.py), so abandoned work holds up no one.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone()
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _check_limits(inputs: list[str], limits: Limits) -> list[int]:
@@ -143,12 +229,11 @@ async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsReque
 
 
 async def _mixed(batcher: Batcher, inputs: list[str], images: list[int],
-                 normalize: bool | None, limits: Limits) -> tuple[np.ndarray, list[int]]:
+                 pictures: list[PendingImage], normalize: bool | None, queue: int,
+                 ) -> tuple[np.ndarray, list[int]]:
     """Texts and images in one request: each kind batched with its own, then interleaved."""
     image_set = set(images)
     text_rows = [i for i in range(len(inputs)) if i not in image_set]
-    pictures = await asyncio.to_thread(decode_images, [inputs[i] for i in images], limits)
-    queue = limits.max_queue_items
     (text_vecs, text_tokens), (image_vecs, _) = await asyncio.gather(
         batcher.embed("text", [inputs[i] for i in text_rows], normalize, max_queue=queue),
         batcher.embed("image", pictures, normalize, max_queue=queue))

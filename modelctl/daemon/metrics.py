@@ -13,11 +13,16 @@ if TYPE_CHECKING:
     from modelctl.daemon.cache import Entry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Model names are chosen by clients (custom models, failed loads): past this many, new
+# names share one series, so /metrics and the daemon's memory stay bounded.
+MAX_MODEL_LABELS = 200
+OTHER_MODELS = "_other"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
     def __init__(self) -> None:
+        self._models: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model", "device"]
         self.loads = Counter("modelctl_loads", "Models loaded", labels, registry=self.registry)
@@ -63,9 +68,17 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    @staticmethod
-    def _labels(entry: Entry) -> dict[str, str]:
-        return {"model": entry.name, "device": entry.device}
+    def model_label(self, name: str) -> str:
+        """``name``, or ``OTHER_MODELS`` once ``MAX_MODEL_LABELS`` names have been seen."""
+        if name in self._models:
+            return name
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return OTHER_MODELS
+        self._models.add(name)
+        return name
+
+    def _labels(self, entry: Entry) -> dict[str, str]:
+        return {"model": self.model_label(entry.name), "device": entry.device}
 
     def loaded(self, entry: Entry) -> None:
         self.loads.labels(**self._labels(entry)).inc()
@@ -91,13 +104,13 @@ class Metrics:
         self.embedding_seconds.labels(**labels).observe(seconds)
 
     def batch(self, label: tuple[str, str], items: int, jobs: int, seconds: float) -> None:
-        model, device = label
+        model, device = self.model_label(label[0]), label[1]
         self.model_calls.labels(model, device).inc()
         self.batch_size.labels(model, device).observe(items)
         self.batch_seconds.labels(model, device).observe(seconds)
 
     def rejected(self, label: tuple[str, str]) -> None:
-        self.rejections.labels(*label).inc()
+        self.rejections.labels(self.model_label(label[0]), label[1]).inc()
 
     def request(self, route: str, method: str, seconds: float) -> None:
         self.request_seconds.labels(route, method).observe(seconds)

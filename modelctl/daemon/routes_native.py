@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -14,12 +15,12 @@ from modelctl.daemon.app import LISTENER_KEY, json_bytes
 from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
 from modelctl.daemon.loaders import offline_available, spec_for
 from modelctl.daemon.loaders import precision as precision_module
-from modelctl.daemon.loaders.registry import REGISTRY, list_registry
 from modelctl.daemon.metrics import CONTENT_TYPE
-from modelctl.daemon.state import DaemonState, marqo_precision
-from modelctl.errors import InvalidArgument, ModelNotInCache
-from modelctl.units import parse_keep_alive
-from modelctl.wire import DevicesReport, EjectResult, Health
+from modelctl.daemon.state import DaemonState
+from modelctl.errors import InvalidArgument, ModelNotInCache, NotFound
+from modelctl.registry import REGISTRY, list_registry
+from modelctl.units import parse_iso, parse_keep_alive
+from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
 
 router = APIRouter(prefix="/v1", tags=["native"])
 metrics_router = APIRouter(tags=["native"])
@@ -80,21 +81,51 @@ async def health(request: Request) -> Response:
         "uptime_s": round(time.monotonic() - state.started, 3),
         "torch_ready": state.torch_is_ready, "socket": str(state.settings.socket_path),
         "http": state.http_urls[0] if state.http_urls else None,
+        "listeners": list(state.http_urls),
         "preload": state.preload_status,
+        "rss_bytes": cpu_report(state.cpu)["process_rss"], "idle_rss_bytes": state.idle_rss,
     }
     return json_bytes(health)
 
 
-@router.get("/models", summary="Loaded models, full detail")
+def openai_model(entry: CacheEntry) -> dict[str, Any]:
+    """A cache entry as an item of OpenAI's model list, with modelctl's fields after.
+
+    ``id`` is the name the model was loaded by (what ``/v1/embeddings`` takes); the
+    same model on two devices is two items with one ``id``.
+    """
+    loaded = entry.get("loaded_at")
+    created = int(parse_iso(loaded).timestamp()) if loaded else 0
+    canonical = str(entry.get("canonical_name") or "")
+    owner = canonical.split("/", 1)[0] if canonical.count("/") == 1 else "modelctl"
+    return {"id": entry["name"], "object": "model", "created": created, "owned_by": owner,
+            **entry}
+
+
+@router.get("/models", summary="Loaded models: OpenAI's model list, with full detail")
 async def list_models(request: Request) -> Response:
-    return json_bytes({"models": [e.describe() for e in _state(request).cache.list()]})
+    return json_bytes({"object": "list", "data": [
+        openai_model(e.describe()) for e in _state(request).cache.list()]})
+
+
+@router.get("/models/{model_id:path}", summary="One loaded model, as OpenAI's model object")
+async def get_model(request: Request, model_id: str) -> Response:
+    state = _state(request)
+    entries = state.loaded_entries(model_id)
+    if not entries:
+        raise ModelNotInCache(f"The model_name `{model_id}` is not cached or found")
+    # The copy used last stands for the model; `devices` lists every copy's device.
+    entry = max(entries, key=lambda e: e.last_used)
+    # `id` is the id asked for (an alias or the canonical name), as OpenAI's API answers.
+    return json_bytes({**openai_model(entry.describe()), "id": model_id,
+                       "devices": sorted(e.device for e in entries)})
 
 
 @router.post("/models", summary="Load a model (waits for the load; single-flight)")
 async def load_model(request: Request, body: LoadRequest) -> Response:
     state = _state(request)
     spec = state.variant(spec_for(body.name, body.properties, local_paths=_via_socket(request)),
-                         body.engine, body.precision or marqo_precision(body.properties))
+                         body.engine, body.precision)
     if body.device:
         device = parse_device(body.device)
     else:
@@ -147,8 +178,13 @@ async def eject_model(request: Request, name: str | None = Query(None, max_lengt
 
 
 @router.get("/registry", summary="Known model names")
-async def registry(request: Request) -> Response:
+async def registry(request: Request, offline: bool = Query(
+        True, description="say whether each model's weights are on this machine "
+        "(false: faster, available_offline is null)")) -> Response:
     rows = list_registry()
+    if not offline:
+        return json_bytes({"models": [{**row, "available_offline": None, "weights": None}
+                                      for row in rows]})
 
     def with_offline() -> list[dict[str, Any]]:
         for row in rows:
@@ -167,7 +203,8 @@ async def devices(request: Request) -> Response:
     cpu = cpu_report(state.cpu)
     cpu.update({"budget": state.budgets.budget("cpu"), "models_bytes": held.get("cpu", 0),
                 "threads": state.cache.threads.threads(),
-                "threads_pinned": state.settings.threads})
+                "threads_pinned": state.settings.threads,
+                "process_idle_rss": state.idle_rss})
     await state.torch_ready()
     cuda = await asyncio.to_thread(cuda_reports, state.nvml)
     for report in cuda:
@@ -189,6 +226,27 @@ async def add_listener(request: Request, body: ListenerRequest) -> Response:
         raise InvalidArgument("this daemon cannot open listeners")
     url = await state.open_listener(body.host, body.port, body.api_key)
     return json_bytes({"url": url})
+
+
+@router.delete("/listeners", summary="Close a TCP listener; the daemon keeps running "
+                                    "(socket only)")
+async def close_listener(request: Request, port: int = Query(ge=1, le=65535),
+                         host: str | None = Query(None, max_length=255)) -> Response:
+    state = _state(request)
+    if not _via_socket(request):
+        raise InvalidArgument("listeners can be closed only over the Unix socket")
+    if state.close_listener is None:
+        raise InvalidArgument("this daemon cannot close listeners")
+    matching = [url for url in state.http_urls if urlsplit(url).port == port
+                and (host is None or urlsplit(url).hostname == host.strip("[]"))]
+    if not matching:
+        where = f"{host}:{port}" if host else f"port {port}"
+        raise NotFound(f"the daemon has no listener on {where}; it listens on "
+                       f"{', '.join(state.http_urls) or 'its Unix socket only'} "
+                       "(`modelctl daemon status` lists its listeners)")
+    for url in matching:
+        await state.close_listener(url)
+    return json_bytes({"closed": matching, "listeners": list(state.http_urls)})
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

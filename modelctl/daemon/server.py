@@ -136,18 +136,30 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
     # Imported here, after the bind: the web stack costs a few hundred milliseconds.
+    from modelctl.daemon.access_log import AccessLog
     from modelctl.daemon.app import Listener, create_app
+    from modelctl.daemon.connections import ConnectionCap
     from modelctl.daemon.state import DaemonState
 
     state = DaemonState(settings)
     app = create_app(state)
     servers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
+    by_url: dict[str, tuple[Any, asyncio.Task[None]]] = {}
+
+    tcp_cap = ConnectionCap.for_this_process()
 
     def serve(sock: socket.socket, kind: str, api_key: str | None) -> None:
-        server = _make_server(Listener(app, state, kind=kind, api_key=api_key))
+        host = sock.getsockname()[0] if kind == "tcp" else None
+        allowed = settings.allowed_hosts if host is not None and _is_loopback(host) else None
+        listener: Any = Listener(app, state, kind=kind, api_key=api_key, allowed_hosts=allowed)
+        server = _make_server(AccessLog(listener) if kind == "tcp" else listener,
+                              tcp_cap if kind == "tcp" else None)
         servers.append(server)
-        tasks.append(asyncio.get_running_loop().create_task(server.serve(sockets=[sock])))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        tasks.append(task)
+        if kind == "tcp":
+            by_url[tcp_url(sock)] = (server, task)
 
     async def open_listener(host: str, port: int, api_key: str | None) -> str:
         try:
@@ -158,13 +170,20 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
         serve(sock, "tcp", api_key)
         _warn_if_exposed(host, api_key)
         state.http_urls.append(url)
-        status = read_status(settings)
-        if status is not None and status.http is None:
-            write_status(settings, DaemonStatus(**{**status.__dict__, "http": url}))
+        _record_http(settings, state.http_urls)
         log.info("listening on %s", url)
         return url
 
+    async def close_listener(url: str) -> None:
+        server, task = by_url.pop(url)
+        state.http_urls.remove(url)
+        _record_http(settings, state.http_urls)
+        server.should_exit = True  # requests in flight finish, as at shutdown
+        await asyncio.gather(task, return_exceptions=True)
+        log.info("closed the listener on %s", url)
+
     state.open_listener = open_listener
+    state.close_listener = close_listener
     serve(unix, "unix", None)
     if tcp is not None:
         state.http_urls.append(tcp_url(tcp))
@@ -178,7 +197,9 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(_keep_socket(settings, lambda sock: serve(sock, "unix", None)))
     await stop.wait()
+    watcher.cancel()
     log.info("stopping: finishing requests in flight (at most %ds)", GRACEFUL_SHUTDOWN_S)
     for path in (settings.status_path, settings.socket_path):
         with contextlib.suppress(FileNotFoundError):
@@ -191,8 +212,47 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     return 0
 
 
-def _make_server(app: Any) -> Any:
+def _record_http(settings: Settings, urls: list[str]) -> None:
+    """The status file's ``http``: the first TCP listener still open."""
+    status = read_status(settings)
+    first = urls[0] if urls else None
+    if status is not None and status.http != first:
+        write_status(settings, DaemonStatus(**{**status.__dict__, "http": first}))
+
+
+SOCKET_CHECK_S = 2.0
+
+
+async def _keep_socket(settings: Settings, serve: Any) -> None:
+    """Bind the socket again when its file is deleted or replaced (a cleanup script, a
+    careless `rm`): else the daemon runs on, holding models that no client can reach
+    and that `daemon status` cannot see. The status file likewise."""
+    path = settings.socket_path
+    inode = os.stat(path).st_ino
+    while True:
+        await asyncio.sleep(SOCKET_CHECK_S)
+        try:
+            if os.stat(path).st_ino == inode:
+                continue
+        except FileNotFoundError:
+            pass
+        log.warning("the socket %s was removed or replaced; listening on a new one", path)
+        try:
+            serve(bind_unix(str(path)))
+            inode = os.stat(path).st_ino
+        except OSError as exc:
+            log.error("cannot bind %s again: %s", path, exc)
+            continue
+        if read_status(settings) is None:
+            write_status(settings, DaemonStatus(
+                pid=os.getpid(), socket=str(path), version=__version__,
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"), http=None))
+
+
+def _make_server(app: Any, cap: Any) -> Any:
     import uvicorn
+
+    from modelctl.daemon.connections import guarded
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -202,20 +262,43 @@ def _make_server(app: Any) -> Any:
 
     try:
         import httptools  # noqa: F401
-
-        http = "httptools"
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
     except ImportError:
-        http = "h11"
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol  # type: ignore[assignment]
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                            http=http, timeout_keep_alive=30, server_header=False,
+                            http=guarded(protocol, cap), timeout_keep_alive=30,
+                            server_header=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws="none")
     return _Server(config)
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _warn_if_exposed(host: str, api_key: str | None) -> None:
     if host not in LOOPBACK_HOSTS and not api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can "
                     "load and eject models; set --api-key or MODELCTL_API_KEY", host)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Each message on one line, control characters escaped: a name or path a client
+    sent cannot forge log lines or reach the terminal of whoever reads the log.
+    Tracebacks, added after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        message = record.message
+        if not (message.isascii() and message.isprintable()):
+            record.message = "".join(c if c.isprintable() else
+                                     c.encode("unicode_escape").decode("ascii")
+                                     for c in message)
+        return super().formatMessage(record)
 
 
 def _configure_logging(settings: Settings, foreground: bool) -> None:
@@ -226,7 +309,9 @@ def _configure_logging(settings: Settings, foreground: bool) -> None:
             ensure_runtime_dir(settings.runtime_dir)
             handlers.append(logging.FileHandler(settings.log_path))
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    formatter = _OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
     for noisy in ("uvicorn.error", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -15,18 +15,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from modelctl import __version__
 from modelctl.config import PreloadItem, Settings, set_compute_environment
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.cache import Entry, ModelCache
 from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
+from modelctl.daemon.images import PixelGate
 from modelctl.daemon.loaders import ModelSpec, precision, spec_for
-from modelctl.daemon.loaders.registry import lookup
 from modelctl.daemon.metrics import Metrics
 from modelctl.daemon.threads import ThreadGovernor
 from modelctl.errors import ApiError
+from modelctl.registry import lookup
 from modelctl.wire import PreloadStatus
 
 log = logging.getLogger("modelctl.daemon")
@@ -42,6 +42,12 @@ def _import_torch() -> None:
     import open_clip  # noqa: F401
     import sentence_transformers  # noqa: F401
     import torch  # noqa: F401  (the import itself is the work)
+
+
+def _own_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 class DaemonState:
@@ -60,9 +66,13 @@ class DaemonState:
                                 threads=ThreadGovernor(settings.threads))
         self._torch: asyncio.Future[None] | None = None
         self.metrics.watch(self.cache.list, self.known_budgets)  # calls known_budgets now
+        self.pixel_gate = PixelGate(settings.limits.max_inflight_pixels)
         self.preload_status: list[PreloadStatus] = []
         self.http_urls: list[str] = []
         self.open_listener: Callable[[str, int, str | None], Awaitable[str]] | None = None
+        self.close_listener: Callable[[str], Awaitable[None]] | None = None
+        self._said_warming_up = False
+        self.idle_rss: int | None = None  # RSS once torch is imported, before any model
 
     def start(self) -> None:
         """Start background work; call once the socket is bound and the loop runs."""
@@ -101,6 +111,9 @@ class DaemonState:
         if future.exception() is not None:
             log.error("importing torch failed: %s", future.exception())
         else:
+            # Loads wait for torch, so no model is in memory yet: this is the daemon's own
+            # footprint, which `devices` and `daemon status` show beside the models'.
+            self.idle_rss = _own_rss()
             log.info("torch ready after %.2fs", time.monotonic() - self.started)
 
     @property
@@ -109,6 +122,11 @@ class DaemonState:
 
     async def torch_ready(self) -> None:
         assert self._torch is not None, "DaemonState.start() was not called"
+        if not self._torch.done() and not self._said_warming_up:
+            # Said once: the first request that needs torch may wait seconds for it.
+            self._said_warming_up = True
+            log.info("a request waits for torch to finish importing (%.1fs since start)",
+                     time.monotonic() - self.started)
         await asyncio.shield(self._torch)
 
     def default_device(self) -> str:
@@ -130,9 +148,10 @@ class DaemonState:
 
     def variant(self, spec: ModelSpec, engine: str | None = None,
                 precision_: str | None = None) -> ModelSpec:
-        """``spec`` as the variant asked for; what is not given, the daemon's default."""
-        engine, chosen = precision.choose(engine, precision_, self.settings.engine,
-                                          self.settings.precision)
+        """``spec`` as the variant asked for; what is not given, Marqo's precision for
+        it (an ``fp16/*`` name, ``properties.precision``), else the daemon's default."""
+        engine, chosen = precision.choose(engine, precision_ or precision.marqo_precision(spec),
+                                          self.settings.engine, self.settings.precision)
         return replace(spec, engine=engine, precision=chosen)
 
     def spec_name(self, name: str) -> str:
@@ -172,8 +191,7 @@ class DaemonState:
     async def _preload_one(self, item: PreloadItem, status: PreloadStatus) -> None:
         """Load one preload item; a failure is logged and kept in ``status``, never fatal."""
         try:
-            spec = self.variant(spec_for(item.name, item.properties, local_paths=True),
-                                precision_=marqo_precision(item.properties))
+            spec = self.variant(spec_for(item.name, item.properties, local_paths=True))
             device = parse_device(item.device) if item.device else self._device_before_torch()
             if device is None:
                 await self.torch_ready()
@@ -192,8 +210,3 @@ class DaemonState:
         self.cpu.stop()
         await self.cache.close()
 
-
-def marqo_precision(properties: dict[str, Any] | None) -> str | None:
-    """Marqo's ``precision`` in modelProperties (``fp16``/``fp32``), if given."""
-    value = (properties or {}).get("precision")
-    return value if isinstance(value, str) else None

@@ -48,10 +48,15 @@ SOURCES: dict[tuple[str, str], str] = {
     ("load", "--properties"): "",
     ("load", "--precision"): "precisions",
     ("load", "--engine"): "engines",
-    ("eject", "--precision"): "precisions",
-    ("eject", "--engine"): "engines",
     ("eject", "NAME"): "loaded",
     ("eject", "--device"): "loaded_devices",
+    ("stop", "NAME"): "loaded",
+    ("stop", "--device"): "loaded_devices",
+    ("unload", "NAME"): "loaded",
+    ("unload", "--device"): "loaded_devices",
+    ("pull", "NAME"): "models",
+    ("daemon close-listener", "PORT"): "",
+    ("daemon close-listener", "--host"): "",
     ("pin", "NAME"): "loaded",
     ("pin", "--device"): "loaded_devices",
     ("unpin", "NAME"): "loaded",
@@ -76,8 +81,13 @@ for _command in ("serve", "daemon start"):
     SOURCES[(_command, "--threads")] = ""
     SOURCES[(_command, "--precision")] = "precisions"
     SOURCES[(_command, "--engine")] = "engines"
+# A variant narrows an eject, under each of its names.
+for _command in ("eject", "stop", "unload"):
+    SOURCES[(_command, "--precision")] = "precisions"
+    SOURCES[(_command, "--engine")] = "engines"
 # On a cluster (`modelctl cluster`): node names come from no daemon; free text.
-SOURCES.update({("load", "--copies"): "", ("load", "--node"): "", ("eject", "--node"): ""})
+SOURCES.update({("load", "--copies"): "", ("load", "--node"): "", ("eject", "--node"): "",
+                ("stop", "--node"): "", ("unload", "--node"): ""})
 for _command in ("cluster up", "cluster config"):
     for _flag in ("--address", "--http", "--host", "--proxy-location", "--api-key", "--gpus",
                   "--replicas-per-gpu", "--cpu-replicas", "--replica-cpus",

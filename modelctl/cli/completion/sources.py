@@ -80,7 +80,7 @@ def model_names(settings: Settings) -> list[Candidate]:
     else from the one built in.
     """
     def fetch(client: Client) -> tuple[list[CacheEntry], list[dict[str, Any]]]:
-        return client.list_models(), client.registry()
+        return client.list_models(), client.registry(offline=False)
 
     answer = _ask(settings, fetch)
     entries, registry = answer if answer is not None else ([], static_registry() or [])

@@ -9,10 +9,17 @@ so importing this package stays cheap.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelctl.daemon.loaders.registry import FAMILIES, ModelSpec, lookup, resolve
+from modelctl.daemon.loaders.references import (
+    check_filesystem_reference,
+    check_not_reserved,
+    check_printable,
+    local_path_of,
+    names_filesystem,
+)
 from modelctl.errors import (
     ApiError,
     BadRequest,
@@ -20,6 +27,8 @@ from modelctl.errors import (
     InvalidArgument,
     WeightsNotFound,
 )
+from modelctl.registry import CLIP_FAMILIES, HF_HUB_PREFIX, ModelSpec, hub_id, lookup, resolve
+from modelctl.registry.spec import parse
 
 if TYPE_CHECKING:
     from modelctl.daemon.loaders.base import LoadedModel
@@ -30,9 +39,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def is_local_path(text: str) -> bool:
-    # Any leading "." counts: hub repo ids never start with one, and resolve_hub_dir
-    # treats "." and ".." as directories of the daemon's.
-    return text.startswith(("/", ".", "~", "file:"))
+    return names_filesystem(text)
 
 
 def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool) -> ModelSpec:
@@ -43,89 +50,129 @@ def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool)
     """
     if not isinstance(name, str) or not name.strip() or "\x00" in name or len(name) > 512:
         raise InvalidArgument("model name must be a non-empty string of at most 512 characters")
+    check_printable(name)
+    check_filesystem_reference(name, local_paths=local_paths)  # before any disk access
     if properties is not None:
         return _custom_spec(name, properties, local_paths=local_paths)
     spec = lookup(name)
     if spec is not None:
-        if spec.source.startswith("hf-hub:") and is_local_path(spec.source[7:]):
+        hub = hub_id(spec.source)
+        if hub is not None and is_local_path(hub):
             _check_local_allowed(local_paths, name)  # hf-hub:/dir is a directory here
-        return spec
+        return resolve(name)  # raises for refused names and a no_model without dimensions
     if is_local_path(name):
-        _check_local_allowed(local_paths, name)
-        path = Path(name.removeprefix("file://")).expanduser()
+        path = Path(local_path_of(name)).expanduser()
         if not path.is_dir():
             raise InvalidArgument(f"no model directory at {path}")
+        if "local-dir:" in name.lower():  # open_clip's own spelling of its hub layout
+            return ModelSpec(name, "open_clip", 0, f"local-dir:{path}", tokens=77, custom=True)
         family = "sbert" if (path / "modules.json").exists() else "hf"
-        return ModelSpec(name, family, 0, str(path), custom=True)
+        return parse(name, {"type": family, "name": str(path)}, custom=True)
     return resolve(name)  # raises the unknown-name error
 
 
 def _check_local_allowed(local_paths: bool, path: str) -> None:
-    if not local_paths:
-        raise InvalidArgument(
-            f"local path {path!r} refused: weights from the daemon's filesystem may be "
-            "named only over the Unix socket (the same user), not over TCP")
+    check_filesystem_reference(path, local_paths=local_paths, always_path=True)
 
 
 def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> ModelSpec:
-    """A ``ModelSpec`` from Marqo's ``modelProperties`` shape."""
+    """A ``ModelSpec`` from Marqo's ``modelProperties``, with where its weights come from."""
     if not isinstance(props, dict):
         raise BadRequest("properties must be an object (Marqo's modelProperties)")
-    family = props.get("type")
-    if family not in FAMILIES:
-        raise InvalidArgument(f"properties.type must be one of {', '.join(FAMILIES)}, "
-                              f"not {family!r}")
-    source = props.get("name") or name
-    dims = props.get("dimensions", 0)
-    tokens = props.get("tokens")
-    size_gb = props.get("model_size")
-    if not isinstance(source, str) or "\x00" in source:
-        raise InvalidArgument("properties.name must be a string")
-    if not isinstance(dims, int) or isinstance(dims, bool) or not 0 <= dims <= 65536:
-        raise InvalidArgument("properties.dimensions must be an integer")
-    if tokens is not None and (not isinstance(tokens, int) or not 1 <= tokens <= 65536):
-        raise InvalidArgument("properties.tokens must be a positive integer")
-    # A range check, not just a sign check: NaN or 1e300 GB would fail int() below.
-    if size_gb is not None and (not isinstance(size_gb, (int, float))
-                                or not 0 <= size_gb <= 1_000_000):
-        raise InvalidArgument("properties.model_size must be a number of GB")
+    check_not_reserved(name)
+    spec = parse(name, props, custom=True)
+    check_printable(spec.source, "properties.name")
+    checkpoint = _checkpoint(props, local_paths)
+    hf_file = _model_location(props)
+    source = spec.source
+    check_filesystem_reference(source, local_paths=local_paths)
+    if is_local_path(source):
+        path, spelled = Path(local_path_of(source)).expanduser(), source.strip().lower()
+        source = (f"local-dir:{path}" if "local-dir:" in spelled else
+                  f"{HF_HUB_PREFIX}{path}" if spelled.startswith(HF_HUB_PREFIX) else str(path))
+    for named in (spec.text_model, spec.tokenizer):
+        if named is not None:
+            check_filesystem_reference(named, local_paths=local_paths)
+    pretrained = spec.pretrained
+    extra: dict[str, Any] = {}
+    if spec.family in CLIP_FAMILIES:
+        if checkpoint is not None:
+            pretrained = checkpoint
+        elif hf_file is not None:
+            extra["hf_file"] = hf_file
+            pretrained = None
+    elif checkpoint is not None:
+        source = checkpoint  # Marqo: a local directory of the model
+    elif hf_file is not None:
+        source = hf_file[0]
+        if hf_file[1]:  # an archive of the model in that repository (Marqo's zip)
+            extra["hf_file"] = hf_file
+    if spec.family in ("clip", "open_clip") and pretrained is None and not extra \
+            and "/" not in spec.source and hub_id(source) is None:
+        raise InvalidArgument(f"custom {spec.family} model {name!r} needs its weights: "
+                              "properties.localpath, url or modelLocation")
+    return replace(spec, source=source, pretrained=pretrained, extra=extra)
+
+
+def _checkpoint(props: dict[str, Any], local_paths: bool) -> str | None:
     checkpoint = props.get("localpath")
     url = props.get("url")
+    given = [key for key in ("localpath", "url", "modelLocation") if props.get(key) is not None]
+    if len(given) > 1:
+        raise InvalidArgument(f"properties: give only one of localpath, url and modelLocation "
+                              f"(got {', '.join(given)})")
     if url is not None:
         if not isinstance(url, str) or not url.startswith("file://"):
             raise InvalidArgument(
                 "properties.url: modelctl never fetches URLs on the server's side; download "
                 "the checkpoint and give its path as properties.localpath")
         checkpoint = url
-    if checkpoint is not None:
-        if not isinstance(checkpoint, str):
-            raise InvalidArgument("properties.localpath must be a string")
-        _check_local_allowed(local_paths, checkpoint)
-        checkpoint = str(Path(checkpoint.removeprefix("file://")).expanduser())
-    if is_local_path(source.removeprefix("hf-hub:")):
-        _check_local_allowed(local_paths, source)
-    if is_local_path(source):
-        source = str(Path(source.removeprefix("file://")).expanduser())
-    if family in ("sbert", "hf") and checkpoint is not None:
-        source = checkpoint  # Marqo: a local directory of the model
-    pretrained = checkpoint if family in ("clip", "open_clip") else None
-    if family in ("clip", "open_clip") and pretrained is None and "/" not in source \
-            and not source.startswith("hf-hub:"):
-        raise InvalidArgument(f"custom {family} model {name!r} needs properties.localpath "
-                              "(its checkpoint)")
-    approx = int(size_gb * 10**9) if size_gb else None
-    return ModelSpec(name, family, dims, source, pretrained=pretrained, tokens=tokens,
-                     approx_bytes=approx, custom=True)
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, str):
+        raise InvalidArgument("properties.localpath must be a string")
+    _check_local_allowed(local_paths, checkpoint)
+    return str(Path(local_path_of(checkpoint)).expanduser())
+
+
+def _model_location(props: dict[str, Any]) -> tuple[str, str] | None:
+    """``(repoId, filename)`` of Marqo's ``modelLocation.hf`` (filename may be empty)."""
+    location = props.get("modelLocation")
+    if location is None:
+        return None
+    if not isinstance(location, dict):
+        raise InvalidArgument("properties.modelLocation must be an object")
+    if "s3" in location:
+        raise InvalidArgument("properties.modelLocation.s3: modelctl does not fetch from S3; "
+                              "download the weights and give properties.localpath (Unix "
+                              "socket), or publish them on the Hugging Face hub")
+    hf = location.get("hf")
+    if not isinstance(hf, dict) or not isinstance(hf.get("repoId"), str) or not hf["repoId"]:
+        raise InvalidArgument("properties.modelLocation needs hf.repoId (a hub repository)")
+    unknown = sorted(set(location) - {"hf", "auth_required"}) + sorted(
+        set(hf) - {"repoId", "filename"})
+    if unknown:
+        raise InvalidArgument(f"properties.modelLocation: unknown field {unknown[0]!r}")
+    if is_local_path(hf["repoId"]):
+        raise InvalidArgument("properties.modelLocation.hf.repoId must be a hub repository")
+    filename = hf.get("filename") or ""
+    if not isinstance(filename, str) or ".." in filename or filename.startswith("/"):
+        raise InvalidArgument("properties.modelLocation.hf.filename must be a file name in "
+                              "the repository")
+    return hf["repoId"], filename
 
 
 def estimate_bytes(spec: ModelSpec, offline: bool) -> int | None:
     """How much memory a load of ``spec`` will take, before loading it.
 
     From the weights on disk when they are here (float32 weights load at their file
-    size), else the registry's figure.
+    size), else from the architecture (estimate.py), else the registry's figure.
     """
+    from modelctl.daemon.loaders.estimate import architecture_bytes
     from modelctl.daemon.loaders.weights import packaged_weights
 
+    if not spec.needs_weights:
+        return 0
     candidates: list[Path] = []
     for raw in (spec.pretrained, spec.source):
         if raw and (raw.startswith("/") or raw.startswith(".")):
@@ -133,7 +180,7 @@ def estimate_bytes(spec: ModelSpec, offline: bool) -> int | None:
     packaged = packaged_weights(spec.source)
     if packaged is not None:
         candidates.append(packaged)
-    if not spec.custom and spec.family in ("sbert", "hf"):
+    if not spec.custom and spec.family in ("sbert", "hf", "sbert_onnx", "test"):
         try:
             from huggingface_hub import snapshot_download
 
@@ -144,7 +191,7 @@ def estimate_bytes(spec: ModelSpec, offline: bool) -> int | None:
         size = _weights_size(path)
         if size:
             return size
-    return spec.approx_bytes
+    return architecture_bytes(spec) or spec.approx_bytes
 
 
 def _weights_size(path: Path) -> int | None:
@@ -162,20 +209,8 @@ def load(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
     """Build ``spec`` on ``device`` (blocking; run it in a worker thread)."""
     import torch
 
-    from modelctl.daemon.loaders.weights import resolve_hub_dir
-
     try:
-        if spec.family == "sbert":
-            from modelctl.daemon.loaders.sbert import SbertModel
-
-            return SbertModel(spec, device, resolve_hub_dir(spec.source, offline))
-        if spec.family == "hf":
-            from modelctl.daemon.loaders.hf import HfModel
-
-            return HfModel(spec, device, resolve_hub_dir(spec.source, offline))
-        from modelctl.daemon.loaders.open_clip import OpenClipModel
-
-        return OpenClipModel(spec, device, offline)
+        model = _build(spec, device, offline)
     except ApiError:
         raise
     except torch.cuda.OutOfMemoryError as exc:
@@ -192,22 +227,78 @@ def load(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
         if type(exc).__module__.startswith(("safetensors", "pickle", "_pickle", "zipfile")):
             raise InvalidArgument(f"cannot load {spec.name}: corrupt weights ({exc})") from exc
         raise
+    check_dimensions(spec, model)
+    return model
+
+
+def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
+    if spec.family in ("random", "no_model"):
+        from modelctl.daemon.loaders.synthetic import NoModel, RandomModel
+
+        return RandomModel(spec, device) if spec.family == "random" else NoModel(spec, device)
+    if spec.family in ("sbert", "sbert_onnx", "test"):
+        from modelctl.daemon.loaders.sbert import SbertModel
+
+        return SbertModel(spec, device, _model_dir(spec, offline))
+    if spec.family == "hf":
+        from modelctl.daemon.loaders.hf import HfModel
+
+        return HfModel(spec, device, _model_dir(spec, offline))
+    if spec.family == "multilingual_clip":
+        from modelctl.daemon.loaders.multilingual_clip import MultilingualClipModel
+
+        return MultilingualClipModel(spec, device, offline)
+    from modelctl.daemon.loaders.open_clip import OpenClipModel
+
+    return OpenClipModel(spec, device, offline)
+
+
+def _model_dir(spec: ModelSpec, offline: bool) -> Path:
+    from modelctl.daemon.loaders.weights import (
+        extracted_archive,
+        resolve_hub_dir,
+        resolve_hub_file,
+    )
+
+    hf_file = spec.extra.get("hf_file")
+    if hf_file is not None:
+        return extracted_archive(resolve_hub_file(hf_file[0], [hf_file[1]], offline))
+    return resolve_hub_dir(spec.source, offline)
+
+
+def check_dimensions(spec: ModelSpec, model: LoadedModel) -> None:
+    """Declared dimensions must be the model's: a mismatch is a 400, nothing stays loaded."""
+    made = model.dimensions
+    if spec.dimensions and made != spec.dimensions:
+        model.release()
+        raise InvalidArgument(f"{spec.name}: properties.dimensions is {spec.dimensions} but "
+                              f"the model makes vectors of {made}")
 
 
 def offline_available(spec: ModelSpec) -> tuple[bool, str | None]:
     """Whether ``spec``'s weights are on this machine, and where."""
     from modelctl.daemon.loaders.weights import packaged_weights
 
+    if not spec.needs_weights:
+        return True, None
+    if spec.refused:
+        return False, None
     packaged = packaged_weights(spec.source)
     if packaged is not None:
         return True, str(packaged)
     try:
         from huggingface_hub import snapshot_download, try_to_load_from_cache
 
-        if spec.family in ("sbert", "hf"):
+        if spec.family in ("sbert", "hf", "sbert_onnx", "test"):
             return True, snapshot_download(spec.source, local_files_only=True)
-        if spec.source.startswith("hf-hub:"):
-            return True, snapshot_download(spec.source[7:], local_files_only=True)
+        hub = hub_id(spec.source)
+        if hub is not None:
+            return True, snapshot_download(hub, local_files_only=True)
+        if spec.family == "multilingual_clip" and spec.text_model:
+            from modelctl.daemon.loaders.multilingual_clip import visual_spec
+
+            snapshot_download(spec.text_model, local_files_only=True)
+            spec = visual_spec(spec)
         import open_clip
 
         cfg = open_clip.get_pretrained_cfg(spec.source, spec.pretrained or "")

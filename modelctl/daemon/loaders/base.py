@@ -13,11 +13,15 @@ if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 
 class LoadedModel(ABC):
     """A model in memory on one device. Methods are called from one worker thread at a time."""
+
+    # True for a model whose vectors depend on the whole call (Marqo's ``random``): the
+    # route calls ``encode_request`` once per request instead of batching requests.
+    whole_request = False
 
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
@@ -47,6 +51,9 @@ class LoadedModel(ABC):
     def encode_images(self, images: list[Image], normalize: bool | None) -> np.ndarray:
         raise InvalidArgument(f"{self.spec.name} is a {self.spec.family} model and embeds "
                               "text only; images need a CLIP model")
+
+    def encode_request(self, items: list[Any], single: bool) -> np.ndarray:
+        raise NotImplementedError
 
     def release(self) -> None:
         """Drop every reference this object holds to tensors, so eject can free them."""

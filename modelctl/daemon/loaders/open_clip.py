@@ -1,8 +1,15 @@
-"""open_clip models: Marqo's ``clip`` (OpenAI names) and ``open_clip`` families.
+"""open_clip models: Marqo's ``clip``, ``fp16_clip``, ``open_clip`` and ``clip_onnx`` types.
 
 Weights are located first (weights.py) and handed to open_clip as a local file or a
 ``local-dir:``, so open_clip itself never reaches for the network. Checkpoints load
-with ``weights_only=True``.
+with ``weights_only=True``. ``clip_onnx`` names run as the same open_clip weights in
+torch. ``precision`` fp16 (``fp16/*`` names, or the property) applies on cuda only, as
+Marqo's ``fp16_clip`` does; on cpu the model stays fp32.
+
+A custom model loaded from a checkpoint (``localpath``, ``url``, ``modelLocation``)
+gets Marqo's preprocessing for checkpoints: the ``imagePreprocessor``'s base config
+(OpenCLIP/OpenAI, SigLIP or CLIPA) with ``mean``, ``std`` and ``size`` laid over it;
+names and hub repositories use open_clip's own preprocessing for the model, as Marqo.
 """
 
 from __future__ import annotations
@@ -16,14 +23,21 @@ import numpy as np
 import open_clip
 import torch
 
+from modelctl.daemon.images import as_rgb
+from modelctl.daemon.loaders import is_local_path
 from modelctl.daemon.loaders.base import LoadedModel
-from modelctl.daemon.loaders.weights import resolve_hub_dir, resolve_hub_file
+from modelctl.daemon.loaders.weights import (
+    require_weights,
+    resolve_hub_dir,
+    resolve_hub_file,
+)
 from modelctl.errors import InvalidArgument, WeightsNotFound
+from modelctl.registry import hub_id
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 _CHUNK = 32
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -33,10 +47,17 @@ class OpenClipModel(LoadedModel):
     def __init__(self, spec: ModelSpec, device: str, offline: bool) -> None:
         super().__init__(spec, device)
         model_name, pretrained = _locate(spec, offline)
+        precision = spec.precision if device.startswith("cuda") else "fp32"
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=device, weights_only=True,
-                pretrained_text=False)
+            if _from_checkpoint(spec) and pretrained is not None:
+                model = open_clip.create_model(model_name, pretrained=pretrained,
+                                               precision=precision, jit=spec.jit,
+                                               device=device, weights_only=True)
+                preprocess = marqo_checkpoint_preprocess(spec, _image_size(model))
+            else:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained, precision=precision, device=device,
+                    weights_only=True, pretrained_text=False)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
@@ -45,7 +66,9 @@ class OpenClipModel(LoadedModel):
             raise
         self.model = model.eval()
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self._dtype = next(iter(model.parameters())).dtype
+        self.tokenizer = (open_clip.tokenizer.HFTokenizer(spec.tokenizer) if spec.tokenizer
+                          else open_clip.get_tokenizer(model_name))
         self._dims = _output_dim(self.model)
         self._context = int(getattr(self.tokenizer, "context_length", 77) or 77)
 
@@ -78,8 +101,11 @@ class OpenClipModel(LoadedModel):
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), _CHUNK):
-                pixels = torch.stack([self.preprocess(img) for img in images[start:start + _CHUNK]])
-                features = self.model.encode_image(pixels.to(self.device), normalize=normalize)
+                # Decoded one at a time, here (images.py): a pass holds one decoded image.
+                pixels = torch.stack([self.preprocess(as_rgb(img))
+                                      for img in images[start:start + _CHUNK]])
+                features = self.model.encode_image(pixels.to(self.device, self._dtype),
+                                                   normalize=normalize)
                 out.append(features.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
@@ -136,12 +162,20 @@ def _output_dim(model: torch.nn.Module) -> int:
 def _locate(spec: ModelSpec, offline: bool) -> tuple[str, str | None]:
     """(model name for open_clip, local checkpoint path or None)."""
     source = spec.source
-    if source.startswith("hf-hub:"):
-        return f"local-dir:{resolve_hub_dir(source[len('hf-hub:'):], offline)}", None
+    hub = hub_id(source)
+    if hub is not None:
+        return f"local-dir:{resolve_hub_dir(hub, offline)}", None
     if source.startswith("local-dir:"):
+        require_weights(Path(source[len("local-dir:"):]))
         return source, None
-    if spec.custom:
-        return _locate_custom(spec)
+    hf_file = spec.extra.get("hf_file")
+    if hf_file is not None:  # Marqo's modelLocation: {hf: {repoId, filename}}
+        repo_id, filename = hf_file
+        if not filename:
+            return f"local-dir:{resolve_hub_dir(repo_id, offline)}", None
+        return source, str(resolve_hub_file(repo_id, [filename], offline))
+    if spec.custom and (spec.pretrained is None or is_local_path(spec.pretrained)):
+        return _locate_custom(spec)  # a checkpoint; else an arch and open_clip's tag
     if spec.pretrained is None:
         return source, None
     cfg = open_clip.get_pretrained_cfg(source, spec.pretrained)
@@ -171,7 +205,7 @@ def _locate_custom(spec: ModelSpec) -> tuple[str, str | None]:
     """
     checkpoint = Path(spec.pretrained) if spec.pretrained else None
     if checkpoint is not None and checkpoint.is_dir():
-        return f"local-dir:{checkpoint}", None
+        return f"local-dir:{require_weights(checkpoint)}", None
     if spec.source not in open_clip.list_models():
         config = checkpoint.with_name(f"{spec.source}.json") if checkpoint else None
         if config is None or not config.is_file():
@@ -193,3 +227,34 @@ def _register_config(path: Path) -> None:
         raise InvalidArgument(f"{path} is not an open_clip model config (needs embed_dim, "
                               "vision_cfg and text_cfg)")
     open_clip.add_model_config(path)
+
+
+def _from_checkpoint(spec: ModelSpec) -> bool:
+    """A custom model whose weights are one checkpoint file (``localpath``, ``url``,
+    ``modelLocation``): Marqo builds its preprocessing from the properties."""
+    return spec.custom and bool(spec.extra.get("hf_file") or (
+        spec.pretrained and is_local_path(spec.pretrained)))
+
+
+def _image_size(model: torch.nn.Module) -> int | None:
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if isinstance(size, int) else None
+
+
+def marqo_checkpoint_preprocess(spec: ModelSpec, model_size: int | None) -> Any:
+    """Marqo's image transform for a checkpoint: base config by preprocessor, then overrides.
+
+    Without ``size`` Marqo resizes to 224 whatever the model takes, which fails on any
+    other input size; modelctl uses the model's own size there instead.
+    """
+    from open_clip import pretrained
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    bases = {"OpenCLIP": pretrained._pcfg, "OpenAI": pretrained._pcfg,
+             "SigLIP": pretrained._slpcfg, "CLIPA": pretrained._apcfg}
+    base = bases[spec.image_preprocessor or "OpenCLIP"]()
+    overlay = {"mean": spec.mean, "std": spec.std, "size": spec.size or model_size}
+    config = PreprocessCfg(**merge_preprocess_dict(base, overlay))
+    return image_transform_v2(config, is_train=False)

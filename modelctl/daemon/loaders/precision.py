@@ -10,7 +10,9 @@ are one table a user can read in the docs.
   user comparing variants sees why it is slow rather than a refusal to try. On cuda it
   needs compute capability 8.0 (Ampere) or later.
 - ``fp16`` runs on cuda only: cpus have no fast fp16 matrix products, so on cpu it is
-  refused with 400.
+  refused with 400 when a client asks for it (``precision``, ``--precision``). Marqo's
+  own spellings (``fp16/*`` names, ``properties.precision: "fp16"``) run as fp32 on
+  cpu instead, as in Marqo, and the entry carries a warning saying so.
 - ``int8`` runs on cpu through ONNX Runtime's dynamic quantisation (per-channel
   weights); torch's own dynamic quantisation loses too much (a worst cosine of 0.92 to
   fp32 on MiniLM), so int8 means engine ``onnx``. VNNI makes it faster; AVX2 runs it.
@@ -20,12 +22,18 @@ are one table a user can read in the docs.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelctl.config import ENGINES, PRECISIONS
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument
 
-__all__ = ["ENGINES", "PRECISIONS", "check", "choose", "cpu_flags", "cpu_native", "cuda_native"]
+if TYPE_CHECKING:
+    from modelctl.registry import ModelSpec
+
+__all__ = ["ENGINES", "PRECISIONS", "check", "choose", "cpu_flags", "cpu_native", "cuda_native",
+           "marqo_precision", "on_device"]
 ONNX_FAMILIES = ("sbert", "hf")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -112,3 +120,27 @@ def check(family: str, device: str, engine: str, precision: str,
         raise HardwareCompatibilityError(
             f"bf16 needs a GPU of compute capability 8.0 or later; {device} runs fp16")
     return None
+
+
+def marqo_precision(spec: ModelSpec) -> str | None:
+    """The precision Marqo's own spelling gives ``spec`` (an ``fp16/*`` name, or
+    ``properties.precision``); ``None`` where it names none."""
+    if spec.family == "fp16_clip":
+        return "fp16"
+    value = spec.properties.get("precision")
+    return value if value in PRECISIONS else None
+
+
+def on_device(spec: ModelSpec, device: str) -> tuple[ModelSpec, str | None]:
+    """``spec`` as it runs on ``device``, and a warning where that differs from its name.
+
+    Marqo's fp16 (an ``fp16/*`` name, ``properties.precision: "fp16"``) runs as fp32 on
+    cpu, as Marqo runs it; an fp16 asked for by a client alone stays fp16 and is refused
+    by ``check``.
+    """
+    if (spec.precision == "fp16" and not device.startswith("cuda")
+            and marqo_precision(spec) == "fp16"):
+        return replace(spec, precision="fp32"), (
+            f"{spec.name} is fp16 in Marqo's terms; fp16 runs on cuda only, so on "
+            f"{device} it runs as fp32, as Marqo runs it")
+    return spec, None

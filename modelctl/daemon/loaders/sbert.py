@@ -7,10 +7,12 @@ ours for two reasons: the passes are cut by length (``padding.plan_passes``), wh
 matters when a batch is a mix of many clients' texts, and the attention mask of each
 pass tells how many tokens each text used, without tokenizing twice.
 
-``normalize``: ``None`` (the default) gives what the model's modules give: unit vectors
-when the model ends in ``Normalize`` (all-MiniLM-L6-v2 does), raw ones when it does not.
-``True`` scales to unit length; ``False`` skips a ``Normalize`` module, so the vectors
-are the pooled ones.
+``normalize``: ``None`` (the default) is Marqo's default, unit vectors, whether or not
+the model ends in ``Normalize``. ``True`` is the same; ``False`` skips a ``Normalize``
+module, so the vectors are the pooled ones (Marqo would still run that module).
+
+Marqo's ``test`` type is this model with its vectors cut to the first ``dimensions``
+values, then normalised; ``sbert_onnx`` names run here as the same weights in torch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.loaders.padding import pass_limits, plan_passes
 
 if TYPE_CHECKING:
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
+
+
+def _is_token_matrix(value: Any, mask: torch.Tensor) -> bool:
+    """Whether ``value`` is one row of tokens per text, like the attention mask."""
+    return isinstance(value, torch.Tensor) and value.shape == mask.shape
 
 
 class SbertModel(LoadedModel):
@@ -37,8 +44,9 @@ class SbertModel(LoadedModel):
                                          local_files_only=True)
         self.model.eval()
         if spec.tokens:
-            self.model.max_seq_length = min(self.model.max_seq_length or spec.tokens,
-                                            spec.tokens)
+            # Marqo sets max_seq_length = tokens, above the model's own setting too
+            # (all-MiniLM-L12-v2: 256 over its 128); only the position table bounds it.
+            self.model.max_seq_length = min(spec.tokens, _positions(self.model) or spec.tokens)
         modules = list(self.model.children())
         # By class name: the class has moved between sentence-transformers versions.
         self._unnormalized = [m for m in modules if type(m).__name__ != "Normalize"]
@@ -49,10 +57,11 @@ class SbertModel(LoadedModel):
         dims = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension
         self._dims = int(dims() or spec.dimensions)
+        self._truncate = spec.truncate if spec.truncate and spec.truncate < self._dims else None
 
     @property
     def dimensions(self) -> int:
-        return self._dims
+        return self._truncate or self._dims
 
     @property
     def max_tokens(self) -> int | None:
@@ -63,10 +72,52 @@ class SbertModel(LoadedModel):
 
     def encode_texts(self, texts: list[str], normalize: bool | None
                      ) -> tuple[np.ndarray, list[int]]:
+        features = self._tokenized_once(texts)
+        if features is None:
+            return self._encode_tokenizing_per_pass(texts, normalize)
+        mask = features["attention_mask"]
+        sizes = [int(n) for n in mask.sum(1).tolist()]
+        order = sorted(range(len(texts)), key=sizes.__getitem__)
+        normalize = self.spec.normalize if normalize is None else normalize
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        with torch.inference_mode():
+            for start, end in plan_passes([sizes[i] for i in order], self._overhead,
+                                          self._max_pass):
+                rows = order[start:end]
+                width = max(sizes[i] for i in rows)
+                index = torch.tensor(rows)
+                # Right-padded, so the first ``width`` columns hold every token of these
+                # rows: the same tensors a tokenizer call on these texts alone returns.
+                part = {key: value[index, :width] if _is_token_matrix(value, mask) else value
+                        for key, value in features.items()}
+                embedded = self._forward(dict(batch_to_device(part, self.model.device)),
+                                         normalize)
+                vectors[rows] = embedded.float().cpu().numpy()
+        return vectors, sizes
+
+    def _tokenized_once(self, texts: list[str]) -> dict[str, Any] | None:
+        """Every text tokenized in one call (truncated as the model does it), or ``None``
+        when the tokenizer pads on the left or gives no attention mask: then passes
+        cannot be cut from one padded matrix, and each pass tokenizes its own texts.
+
+        A long text is tokenized once, not once to measure and once per pass.
+        """
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if getattr(tokenizer, "padding_side", None) != "right":
+            return None
+        features = self._features(texts, on_device=False)
+        mask = features.get("attention_mask")
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            return None
+        return features
+
+    def _encode_tokenizing_per_pass(self, texts: list[str], normalize: bool | None
+                                    ) -> tuple[np.ndarray, list[int]]:
         sizes = self._token_lengths(texts)
         order = sorted(range(len(texts)), key=sizes.__getitem__)
         lengths = [sizes[i] for i in order]
-        vectors = np.empty((len(texts), self._dims), dtype=np.float32)
+        normalize = self.spec.normalize if normalize is None else normalize
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         tokens = [0] * len(texts)
         with torch.inference_mode():
             for start, end in plan_passes(lengths, self._overhead, self._max_pass):
@@ -96,7 +147,7 @@ class SbertModel(LoadedModel):
                 pass  # not a text tokenizer we know how to call: characters will do
         return [len(text) // 4 + 2 for text in texts]  # ~4 characters a token
 
-    def _features(self, texts: list[str]) -> dict[str, Any]:
+    def _features(self, texts: list[str], on_device: bool = True) -> dict[str, Any]:
         """Tokenized (and truncated) as the model's first module does it, on the device."""
         preprocess = getattr(self.model, "preprocess", None)
         if preprocess is not None:  # sentence-transformers >= 6
@@ -105,14 +156,28 @@ class SbertModel(LoadedModel):
             if self._prompt:
                 texts = [self._prompt + text for text in texts]
             features = self.model.tokenize(texts)
+        if not on_device:
+            return dict(features)
         return dict(batch_to_device(features, self.model.device))
 
-    def _forward(self, features: dict[str, Any], normalize: bool | None) -> torch.Tensor:
-        if normalize is False:
+    def _forward(self, features: dict[str, Any], normalize: bool) -> torch.Tensor:
+        if not normalize:
             for module in self._unnormalized:
                 features = module(features)
-            return features["sentence_embedding"]
-        embedded = self.model(features)["sentence_embedding"]
+            return features["sentence_embedding"][:, :self.dimensions]
+        embedded = self.model(features)["sentence_embedding"][:, :self.dimensions]
         if normalize:
             embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
         return embedded
+
+
+def _positions(model: SentenceTransformer) -> int | None:
+    """How many positions the model's transformer has (minus the padding offset some use)."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    # RoBERTa-style models start positions after the padding index.
+    offset = (getattr(config, "pad_token_id", 0) or 0) + 1 \
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "mpnet") else 0
+    return positions - offset

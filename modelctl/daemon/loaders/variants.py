@@ -31,7 +31,7 @@ from modelctl.daemon.loaders.base import LoadedModel
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from modelctl.daemon.loaders.registry import ModelSpec
+    from modelctl.registry import ModelSpec
 
 # Short and long, plain and odd: a variant's worst case shows on the odd ones.
 PROBE_TEXTS = (

