@@ -100,7 +100,10 @@ class FakeHub:
 
 
 def tiny_sbert(directory: Path) -> dict[str, bytes]:
-    """A sentence-transformers model of one small BERT layer (MiniLM's tokenizer), saved."""
+    """A sentence-transformers model of one small BERT layer (MiniLM's tokenizer), saved.
+
+    A dense layer brings its vectors to the registry's 384 dimensions for the name it is
+    served under: the daemon checks a registry model's dimensions after loading it."""
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -112,7 +115,7 @@ def tiny_sbert(directory: Path) -> dict[str, bytes]:
     BertModel(config).save_pretrained(bert_dir)
     tokenizer.save_pretrained(bert_dir)
     word = models.Transformer(str(bert_dir), max_seq_length=64)
-    model = SentenceTransformer(modules=[word, models.Pooling(32)])
+    model = SentenceTransformer(modules=[word, models.Pooling(32), models.Dense(32, 384)])
     out = directory / "model"
     model.save(str(out))
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
@@ -162,9 +165,9 @@ def test_pull_fetches_a_registry_model_that_then_loads_offline(
     # A daemon with no network finds the weights in that cache, loads and embeds.
     with Daemon(env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}) as d:
         entry = d.client.load_model("all-MiniLM-L12-v2", "cpu")
-        assert entry["dimensions"] == 32
+        assert entry["dimensions"] == 384
         [vector] = d.client.embed("all-MiniLM-L12-v2", ["pulled, then loaded offline"])
-        assert len(vector) == 32
+        assert len(vector) == 384
         registry = {r["name"]: r for r in d.client.registry()}
         assert registry[REPO_ID]["available_offline"] is True
 
