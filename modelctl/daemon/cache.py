@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +328,10 @@ class ModelCache:
 
         before = self.budgets.allocated(device)
         started = time.perf_counter()
-        model = variants.apply(loaders.load(spec, device, self.offline), spec,
+        # The family loader builds fp32 (open_clip would build Marqo's fp16 itself); the
+        # variant layer casts it, having measured fp32's vectors for ``accuracy``.
+        model = variants.apply(loaders.load(replace(spec, precision="fp32"), device,
+                                            self.offline), spec,
                                cache_dir=self.cache_dir, threads=self.threads.threads(),
                                warning=warning)
         seconds = time.perf_counter() - started

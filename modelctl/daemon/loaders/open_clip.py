@@ -4,7 +4,8 @@ Weights are located first (weights.py) and handed to open_clip as a local file o
 ``local-dir:``, so open_clip itself never reaches for the network. Checkpoints load
 with ``weights_only=True``. ``clip_onnx`` names run as the same open_clip weights in
 torch. ``precision`` fp16 (``fp16/*`` names, or the property) applies on cuda only, as
-Marqo's ``fp16_clip`` does; on cpu the model stays fp32.
+Marqo's ``fp16_clip`` does; on cpu the model stays fp32. The daemon's cache loads fp32
+here and leaves fp16 to the variant layer (variants.py), which measures it against fp32.
 
 A custom model loaded from a checkpoint (``localpath``, ``url``, ``modelLocation``)
 gets Marqo's preprocessing for checkpoints: the ``imagePreprocessor``'s base config
