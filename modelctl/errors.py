@@ -196,6 +196,10 @@ class ClientGone(_InvalidRequest):
     status = 499
     code = "client_closed_request"
 
+    def __init__(self, message: str | None = None) -> None:
+        # 499 is nginx's, not in http.HTTPStatus: give it its phrase here.
+        super().__init__(message or "Client Closed Request")
+
 
 class ServiceUnavailable(_InvalidRequest):
     """Raised for new work that arrives while the daemon is shutting down."""
@@ -216,7 +220,8 @@ _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
     for cls in (ModelNotInCache, NotFound, MethodNotAllowed, CacheManagementError,
                 InvalidArgument, HardwareCompatibilityError, BadRequest, Unauthorized,
-                Forbidden, PayloadTooLarge, TooManyRequests, ServiceUnavailable, InternalError)
+                Forbidden, PayloadTooLarge, TooManyRequests, ClientGone, ServiceUnavailable,
+                InternalError)
 }
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
@@ -41,6 +41,9 @@ from modelctl.errors import (
     Unauthorized,
     Unprocessable,
 )
+
+if TYPE_CHECKING:
+    from modelctl.wire import CacheEntry
 
 log = logging.getLogger("modelctl.cluster")
 
@@ -319,7 +322,12 @@ class ClusterIngress:
 
     # -- views -----------------------------------------------------------------------------
     async def list_models(self, request: Request, body: bytes) -> Response:
-        return _json({"models": views.fleet_entries(await self._live())})
+        from modelctl.daemon.routes_native import openai_model
+
+        # OpenAI's model list, as a daemon answers it: one item per copy in the fleet.
+        return _json({"object": "list", "data": [
+            openai_model(cast("CacheEntry", entry))
+            for entry in views.fleet_entries(await self._live())]})
 
     async def devices(self, request: Request, body: bytes) -> Response:
         return _json(views.fleet_devices(await self._live()))
