@@ -8,6 +8,7 @@ they cross a Ray call, not a connection.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +48,15 @@ async def call_app(app: ASGIApp, request: ForwardedRequest) -> ForwardedResponse
     headers: list[tuple[bytes, bytes]] = []
     chunks: list[bytes] = []
 
+    answered = asyncio.Event()
+
     async def receive() -> Message:
         nonlocal sent_body
         if sent_body:
+            # The ingress holds this call until the answer is whole (and cancels it if its
+            # own client goes): like a live connection, no disconnect before then, or
+            # the daemon's routes would drop the work as abandoned.
+            await answered.wait()
             return {"type": "http.disconnect"}
         sent_body = True
         return {"type": "http.request", "body": request.body, "more_body": False}
@@ -61,6 +68,8 @@ async def call_app(app: ASGIApp, request: ForwardedRequest) -> ForwardedResponse
             headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
         elif message["type"] == "http.response.body":
             chunks.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                answered.set()
 
     await app(scope, receive, send)
     return ForwardedResponse(status, headers, b"".join(chunks))
