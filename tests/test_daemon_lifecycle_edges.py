@@ -1,0 +1,150 @@
+"""The edges of a daemon's life, through the real CLI: a stop that outlasts the daemon's
+grace period for requests in flight, and a start that fails before the daemon could
+write a word to its log."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from modelctl.client import Client
+from modelctl.daemon.server import GRACEFUL_SHUTDOWN_S
+from modelctl.runtime import STOP_TIMEOUT_S
+from tests.support import MINILM, Daemon, base_env, counter, modelctl_exe
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter in ``/proc/PID/stat`` (``Z``: exited, not yet reaped); None: gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _gone_within(pid: int, timeout: float) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: nobody reaped it yet) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while _proc_state(pid) not in (None, "Z"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _daemons_in(runtime_dir: Path) -> list[int]:
+    """Live ``modelctl.daemon`` processes whose environment names ``runtime_dir``."""
+    mark = f"MODELCTL_RUNTIME_DIR={runtime_dir}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"modelctl.daemon" in cmdline and mark in environ and \
+                _proc_state(int(proc.name)) not in (None, "Z"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_stop_waits_for_a_daemon_that_exits_after_its_grace_period() -> None:
+    """Requests in flight keep the daemon busy past its 30 s grace period: `daemon stop`
+    waits for it, exits 0 and says it stopped, and leaves no process, socket or status
+    file behind."""
+    assert GRACEFUL_SHUTDOWN_S + 15 < STOP_TIMEOUT_S
+    d = Daemon(env={"MODELCTL_THREADS": "1"})
+    errors: list[BaseException] = []
+    workers: list[threading.Thread] = []
+    try:
+        d.start(wait_torch=False)
+        pid = d.pid
+        assert pid is not None and _daemons_in(d.runtime_dir) == [pid]
+        d.client.load_model(MINILM, "cpu")
+        calls = counter(d, "modelctl_model_calls", MINILM)
+
+        def embed(worker: int) -> None:
+            # Read to MiniLM's 256 tokens each: minutes of work on one thread.
+            texts = [f"{worker} {i} " + "a long text about many things " * 60
+                     for i in range(2048)]
+            client = Client(socket_path=d.socket_path, timeout=300)
+            try:
+                client.embed(MINILM, texts, device="cpu")
+            except BaseException as exc:  # noqa: BLE001 (the stop ends it: kept to check)
+                errors.append(exc)
+            finally:
+                client.close()
+
+        workers = [threading.Thread(target=embed, args=(w,), daemon=True) for w in range(3)]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 60
+        while counter(d, "modelctl_model_calls", MINILM) == calls:  # a batch has run
+            assert time.monotonic() < deadline, "the embeddings never started"
+            time.sleep(0.1)
+
+        started = time.monotonic()
+        stop = d.cli("daemon", "stop", timeout=STOP_TIMEOUT_S + 30)
+        took = time.monotonic() - started
+
+        assert stop.returncode == 0, stop.stderr
+        assert f"stopped modelctl daemon (pid {pid})" in stop.stderr
+        assert took > GRACEFUL_SHUTDOWN_S, f"the daemon stopped in {took:.1f}s, within its grace"
+        # The lock is let go just before the process ends: give it a moment.
+        assert _gone_within(pid, 10) and _daemons_in(d.runtime_dir) == []
+        assert not (d.runtime_dir / "modelctl.sock").exists()
+        assert not (d.runtime_dir / "modelctl.json").exists()
+        for worker in workers:
+            worker.join(30)
+        assert len(errors) == len(workers), "a request finished within the grace period"
+        assert all("stopped before this request finished" in str(e) for e in errors), errors
+    finally:
+        d.stop()
+        for worker in workers:
+            worker.join(30)
+        shutil.rmtree(d.runtime_dir, ignore_errors=True)
+
+
+def test_a_start_that_fails_before_logging_says_the_log_is_empty() -> None:
+    """A daemon that cannot write a byte (a full disk, here a file-size limit of 0) dies
+    before its log has anything in it: `daemon start` fails, says the log is empty and
+    points at `modelctl serve`, and no daemon is left running."""
+    runtime_dir = Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+    env = base_env(runtime_dir)
+    log = runtime_dir / "modelctl.log"
+
+    def no_file_may_grow() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    exe = modelctl_exe()
+    assert exe, "the modelctl console script is not installed"
+    d = Daemon(runtime_dir)
+    try:
+        start = subprocess.run([exe, "daemon", "start"], env=env, capture_output=True,
+                               text=True, timeout=120, preexec_fn=no_file_may_grow)
+        assert start.returncode != 0, start.stderr
+        assert "the daemon exited with status" in start.stderr
+        assert f"it wrote nothing to {log}" in start.stderr
+        assert "`modelctl serve` runs it in the foreground" in start.stderr
+        assert log.exists() and log.stat().st_size == 0
+
+        status = subprocess.run([exe, "daemon", "status"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 3, status.stdout + status.stderr
+        assert not (runtime_dir / "modelctl.sock").exists()
+        assert d.pid is None
+        assert _daemons_in(runtime_dir) == []
+    finally:
+        d.stop()
+        for pid in _daemons_in(runtime_dir):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
