@@ -104,9 +104,14 @@ def read_status(settings: Settings) -> DaemonStatus | None:
 def write_status(settings: Settings, status: DaemonStatus) -> None:
     """Write the status file atomically, so a reader never sees half of it."""
     tmp = settings.status_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(status)))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, settings.status_path)
+    try:
+        tmp.write_text(json.dumps(asdict(status)))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, settings.status_path)
+    except BaseException:
+        # A full disk leaves half a temporary file: never leave it behind.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class DaemonLock:

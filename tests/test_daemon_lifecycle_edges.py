@@ -141,6 +141,9 @@ def test_a_start_that_fails_before_logging_says_the_log_is_empty() -> None:
                                 text=True, timeout=60)
         assert status.returncode == 3, status.stdout + status.stderr
         assert not (runtime_dir / "modelctl.sock").exists()
+        # Nor half a status file: the failed atomic write cleaned up after itself.
+        assert not (runtime_dir / "modelctl.json").exists()
+        assert not (runtime_dir / "modelctl.json.tmp").exists()
         assert d.pid is None
         assert _daemons_in(runtime_dir) == []
     finally:
