@@ -23,7 +23,7 @@ from modelctl.units import format_bytes
 def pull(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None:
     """Download a registry model's weights into the Hugging Face cache (does not load it)."""
     from modelctl.daemon.loaders import is_local_path
-    from modelctl.daemon.loaders.weights import _SKIP_PATTERNS, hub_reachable, packaged_weights
+    from modelctl.daemon.loaders.weights import SKIP_PATTERNS, hub_reachable, packaged_weights
     from modelctl.registry import resolve
 
     if is_local_path(name):
@@ -49,7 +49,7 @@ def pull(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None:
 
     try:
         if files is None:
-            path = Path(snapshot_download(repo, ignore_patterns=_SKIP_PATTERNS))
+            path = Path(snapshot_download(repo, ignore_patterns=SKIP_PATTERNS))
         else:
             path = _first_file(hf_hub_download, repo, files)
     except ModelctlError:

@@ -145,7 +145,7 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
         raise _not_found(repo_id, looked, offline or bool(constants.HF_HUB_OFFLINE))
     try:
         return require_weights(Path(snapshot_download(repo_id,
-                                                      ignore_patterns=_SKIP_PATTERNS)))
+                                                      ignore_patterns=SKIP_PATTERNS)))
     except WeightsNotFound:
         raise
     except Exception as exc:
@@ -153,8 +153,8 @@ def resolve_hub_dir(repo_id: str, offline: bool) -> Path:
 
 
 # Other runtimes' copies of the same weights: never needed by torch.
-_SKIP_PATTERNS = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*",
-                  "flax_model*", "rust_model*", "*.tflite"]
+SKIP_PATTERNS = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*",
+                 "flax_model*", "rust_model*", "*.tflite"]
 
 
 def resolve_hub_file(repo_id: str, filenames: list[str], offline: bool) -> Path:
