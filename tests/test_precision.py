@@ -17,7 +17,7 @@ from modelctl.daemon.loaders.precision import (
     marqo_precision,
     on_device,
 )
-from modelctl.daemon.threads import ThreadGovernor
+from modelctl.daemon.threads import ThreadGovernor, runnable_elsewhere
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument
 from modelctl.registry import lookup
 from modelctl.registry.spec import parse
@@ -100,13 +100,42 @@ def test_thread_governor_follows_the_cores_others_leave_free() -> None:
                      (5.3, 3.2)])
     now = iter(range(1, 100))
     governor = ThreadGovernor(cores=2, busy_seconds=lambda: next(readings),
-                              clock=lambda: float(next(now)))
+                              others_now=lambda: None, clock=lambda: float(next(now)))
     assert governor.threads() == 2  # the first sample: no interval yet, every core
     assert governor.threads() == 1  # others used one core's worth while we used one
     assert governor.threads() == 2  # quiet again: both cores
     assert governor.threads() == 2  # all of the busy time was ours
     assert governor.threads() == 1  # 0.9 of a core elsewhere, none of ours
     assert governor.threads() == 2  # a flicker of 0.2: not worth giving a core up
+
+
+def test_thread_governor_trusts_the_instant_count_when_it_says_less() -> None:
+    # Others used both cores over every last second (a client encoding before it sent
+    # its request), but the instant count of their runnable tasks may say otherwise.
+    readings = iter([(0.0, 0.0)] + [(2.0 * i, 0.0) for i in range(1, 10)])
+    running = iter([0, 1, 2, 1, 0, 1, 1, 1, 1, 1, 1])
+    now = iter(range(1, 100))
+    slept: list[float] = []
+    governor = ThreadGovernor(cores=2, busy_seconds=lambda: next(readings),
+                              others_now=lambda: next(running),
+                              clock=lambda: float(next(now)), sleep=slept.append)
+    assert governor.threads() == 2  # the first sample: no interval yet
+    assert governor.threads() == 2  # none of theirs runnable now: the client waits on us
+    assert governor.threads() == 1  # one runnable now, and busy all along
+    assert governor.threads() == 1  # two: still at least one thread
+    assert not slept  # only the encode thread settles
+    # The encode thread looks again: a tail of spinning workers that ends is not load.
+    assert governor.threads(settle=True) == 2 and len(slept) == 1
+    # One that stays runnable through every look is.
+    assert governor.threads(settle=True) == 1 and len(slept) == 6
+
+
+def test_runnable_elsewhere_leaves_out_this_process() -> None:
+    # This process's one busy thread is runnable while it asks; it is not counted.
+    counts = [runnable_elsewhere() for _ in range(20)]
+    assert all(c is None or c >= 0 for c in counts)
+    if counts[0] is not None:
+        assert min(c for c in counts if c is not None) <= 1
 
 
 def test_marqos_fp16_is_fp32_on_cpu_and_fp16_on_cuda() -> None:
