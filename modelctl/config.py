@@ -79,6 +79,8 @@ class Settings:
     # Host header values a loopback TCP listener accepts (``*``: any); loopback names
     # always.
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOST_NAMES
+    # Marqo's ``url`` property over http(s) from TCP clients (the socket's always may).
+    allow_url_downloads: bool = False
 
     @property
     def lock_path(self) -> Path:
@@ -145,7 +147,8 @@ class Settings:
                 lambda: _choice(env, "MODELCTL_PRECISION", PRECISIONS, "fp32"), "fp32"),
             engine=daemon_only(lambda: _choice(env, "MODELCTL_ENGINE", ENGINES, "torch"), "torch"),
             threads=daemon_only(lambda: _threads(env.get("MODELCTL_THREADS")), None),
-            cache_dir=_cache_dir(env),
+            cache_dir=default_cache_dir(env),
+            allow_url_downloads=_truthy(env.get("MODELCTL_ALLOW_URL_DOWNLOADS")),
         )
 
 
@@ -181,8 +184,9 @@ def _threads(raw: str | None) -> int | None:
     return threads or None
 
 
-def _cache_dir(env: Mapping[str, str]) -> Path:
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """``MODELCTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelctl``, else ``~/.cache/modelctl``."""
+    env = os.environ if env is None else env
     if env.get("MODELCTL_CACHE_DIR"):
         return Path(env["MODELCTL_CACHE_DIR"]).expanduser()
     if env.get("XDG_CACHE_HOME"):

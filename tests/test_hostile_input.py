@@ -323,8 +323,11 @@ CASES = [
     Case("local-path-properties-dot", "POST", "/v1/models",
          j({"name": "x", "properties": {"type": "sbert", "name": "."}}), ARG, only=("tcp",)),
     Case("local-path-embed", "POST", "/v1/embeddings", embed("a", "/etc"), ARG),
-    Case("url-http", "POST", "/v1/models",
+    Case("url-http", "POST", "/v1/models",  # the socket may fetch it; TCP may not
          j({"name": "x", "properties": {"type": "open_clip", "url": "http://127.0.0.1:1/x.pt"}}),
+         ARG, only=("tcp",)),
+    Case("url-ftp", "POST", "/v1/models",
+         j({"name": "x", "properties": {"type": "open_clip", "url": "ftp://127.0.0.1:1/x.pt"}}),
          ARG),
     # listeners: socket only; a bad host is a 400 on the socket, not a crash
     Case("listener-over-tcp", "POST", "/v1/listeners", j({"port": 0}), ARG, only=("tcp",)),

@@ -1,5 +1,5 @@
 """Security: a private runtime dir and socket, loopback and a key on TCP, no remote code,
-no code in checkpoints, no server-side fetching, and a log without secrets.
+no code in checkpoints, no fetching for TCP clients, and a log without secrets.
 
 API-key behaviour of single routes lives in test_http_security.py; here every route the
 app serves (read from its own OpenAPI document, so new routes are covered too) is checked
@@ -320,17 +320,22 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_the_server_never_fetches_urls(secure: Daemon) -> None:
+def test_tcp_clients_cannot_make_the_daemon_fetch_urls(secure: Daemon) -> None:
+    """Over TCP, a URL in properties is refused unless the operator allowed downloads
+    (this daemon did not); model names and inputs that are URLs are never fetched."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        for client in (secure.client, secure.http_client()):
-            for scheme_url in (f"{url}/model.pt", f"{url.replace('http', 'https')}/m.pt",
-                               "ftp://127.0.0.1/x.pt"):
-                with pytest.raises(InvalidArgument, match="never fetches URLs"):
-                    client.load_model("fetch-me", "cpu", properties={
-                        "name": "fetch-me", "type": "open_clip", "url": scheme_url})
+        tcp = secure.http_client()
+        for scheme_url in (f"{url}/model.pt", f"{url.replace('http', 'https')}/m.pt"):
+            with pytest.raises(InvalidArgument, match="MODELCTL_ALLOW_URL_DOWNLOADS"):
+                tcp.load_model("fetch-me", "cpu", properties={
+                    "name": "fetch-me", "type": "open_clip", "url": scheme_url})
+        for client in (secure.client, tcp):
+            with pytest.raises(InvalidArgument, match="http"):
+                client.load_model("fetch-me", "cpu", properties={
+                    "name": "fetch-me", "type": "open_clip", "url": "ftp://127.0.0.1/x.pt"})
             for name in (f"{url}/model", f"hf-hub:{url}/model"):
                 with pytest.raises(InvalidArgument):
                     client.load_model(name, "cpu")
@@ -339,6 +344,7 @@ def test_the_server_never_fetches_urls(secure: Daemon) -> None:
             assert len(vectors) == 2 and vectors[0] != vectors[1]
         time.sleep(0.2)
         assert _Recorder.seen == []
+        assert "fetch-me" not in [m["name"] for m in secure.client.list_models()]
     finally:
         server.shutdown()
         server.server_close()

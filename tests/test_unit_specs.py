@@ -104,7 +104,8 @@ def test_custom_checkpoints(tmp_path: Path) -> None:
     ({"type": "hf", "model_size": float("nan")}, "properties.model_size"),
     ({"type": "hf", "model_size": 1e300}, "properties.model_size"),
     ({"type": "hf", "model_size": "1GB"}, "properties.model_size"),
-    ({"type": "hf", "url": "https://example.com/m.bin"}, "properties.url"),
+    ({"type": "hf", "url": "ftp://example.com/m.bin"}, "properties.url"),
+    ({"type": "hf", "url": "https://user:pw@example.com/m.bin"}, "properties.url"),
     ({"type": "hf", "localpath": 5}, "properties.localpath"),
     ({"type": "open_clip", "name": "ViT-B-32-noslash"}, "properties.localpath"),
 ])

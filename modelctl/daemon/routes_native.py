@@ -124,7 +124,9 @@ async def get_model(request: Request, model_id: str) -> Response:
 @router.post("/models", summary="Load a model (waits for the load; single-flight)")
 async def load_model(request: Request, body: LoadRequest) -> Response:
     state = _state(request)
-    spec = state.variant(spec_for(body.name, body.properties, local_paths=_via_socket(request)),
+    via_socket = _via_socket(request)
+    spec = state.variant(spec_for(body.name, body.properties, local_paths=via_socket,
+                                  url_downloads=via_socket or state.settings.allow_url_downloads),
                          body.engine, body.precision)
     if body.device:
         device = parse_device(body.device)

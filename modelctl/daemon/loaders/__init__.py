@@ -8,6 +8,7 @@ so importing this package stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -42,18 +43,22 @@ def is_local_path(text: str) -> bool:
     return names_filesystem(text)
 
 
-def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool) -> ModelSpec:
+def spec_for(name: str, properties: dict[str, Any] | None, *, local_paths: bool,
+             url_downloads: bool | None = None) -> ModelSpec:
     """What ``name`` means: a registry name, a custom model, or a local directory.
 
     ``local_paths`` is False over TCP: there, a client may name registry models and
-    custom hub models, never files on the daemon's machine.
+    custom hub models, never files on the daemon's machine. ``url_downloads``: whether
+    an http(s) ``properties.url`` may be fetched (default: where local paths may be
+    named; over TCP only if the daemon's operator allows it, see ``downloads.py``).
     """
     if not isinstance(name, str) or not name.strip() or "\x00" in name or len(name) > 512:
         raise InvalidArgument("model name must be a non-empty string of at most 512 characters")
     check_printable(name)
     check_filesystem_reference(name, local_paths=local_paths)  # before any disk access
     if properties is not None:
-        return _custom_spec(name, properties, local_paths=local_paths)
+        return _custom_spec(name, properties, local_paths=local_paths,
+                            url_downloads=local_paths if url_downloads is None else url_downloads)
     spec = lookup(name)
     if spec is not None:
         hub = hub_id(spec.source)
@@ -75,14 +80,16 @@ def _check_local_allowed(local_paths: bool, path: str) -> None:
     check_filesystem_reference(path, local_paths=local_paths, always_path=True)
 
 
-def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> ModelSpec:
+def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool,
+                 url_downloads: bool) -> ModelSpec:
     """A ``ModelSpec`` from Marqo's ``modelProperties``, with where its weights come from."""
     if not isinstance(props, dict):
         raise BadRequest("properties must be an object (Marqo's modelProperties)")
     check_not_reserved(name)
     spec = parse(name, props, custom=True)
     check_printable(spec.source, "properties.name")
-    checkpoint = _checkpoint(props, local_paths)
+    url = _download_url(props, url_downloads)
+    checkpoint = None if url is not None else _checkpoint(props, local_paths)
     hf_file = _model_location(props)
     source = spec.source
     check_filesystem_reference(source, local_paths=local_paths)
@@ -95,7 +102,11 @@ def _custom_spec(name: str, props: dict[str, Any], *, local_paths: bool) -> Mode
             check_filesystem_reference(named, local_paths=local_paths)
     pretrained = spec.pretrained
     extra: dict[str, Any] = {}
-    if spec.family in CLIP_FAMILIES:
+    if url is not None:
+        extra["url"] = url  # fetched by ``load``, in its worker thread
+        if spec.family in CLIP_FAMILIES:
+            pretrained = None
+    elif spec.family in CLIP_FAMILIES:
         if checkpoint is not None:
             pretrained = checkpoint
         elif hf_file is not None:
@@ -122,10 +133,8 @@ def _checkpoint(props: dict[str, Any], local_paths: bool) -> str | None:
         raise InvalidArgument(f"properties: give only one of localpath, url and modelLocation "
                               f"(got {', '.join(given)})")
     if url is not None:
-        if not isinstance(url, str) or not url.startswith("file://"):
-            raise InvalidArgument(
-                "properties.url: modelctl never fetches URLs on the server's side; download "
-                "the checkpoint and give its path as properties.localpath")
+        if not isinstance(url, str) or not url.strip().lower().startswith("file://"):
+            raise InvalidArgument("properties.url must be an http(s) or file:// URL")
         checkpoint = url
     if checkpoint is None:
         return None
@@ -133,6 +142,23 @@ def _checkpoint(props: dict[str, Any], local_paths: bool) -> str | None:
         raise InvalidArgument("properties.localpath must be a string")
     _check_local_allowed(local_paths, checkpoint)
     return str(Path(local_path_of(checkpoint)).expanduser())
+
+
+def _download_url(props: dict[str, Any], allowed: bool) -> str | None:
+    """An http(s) ``properties.url`` that may be fetched; None for any other value."""
+    from modelctl.daemon.loaders.downloads import check_download_url, is_download_url
+
+    url = props.get("url")
+    if not is_download_url(url):
+        return None
+    if props.get("localpath") is not None or props.get("modelLocation") is not None:
+        return None  # _checkpoint names the conflict
+    if not allowed:
+        raise InvalidArgument(
+            "properties.url: this daemon fetches URLs for clients of its Unix socket only; "
+            "its operator can allow TCP clients with MODELCTL_ALLOW_URL_DOWNLOADS=1, or "
+            "download the weights and load them over the socket")
+    return check_download_url(str(url))
 
 
 def _model_location(props: dict[str, Any]) -> tuple[str, str] | None:
@@ -180,6 +206,11 @@ def estimate_bytes(spec: ModelSpec, offline: bool) -> int | None:
     packaged = packaged_weights(spec.source)
     if packaged is not None:
         candidates.append(packaged)
+    if spec.extra.get("url"):
+        from modelctl.daemon.loaders.downloads import downloaded
+
+        with contextlib.suppress(WeightsNotFound):  # not fetched yet: no size to read
+            candidates.append(downloaded(spec.extra["url"], offline=True))
     if not spec.custom and spec.family in ("sbert", "hf", "sbert_onnx", "test"):
         try:
             from huggingface_hub import snapshot_download
@@ -232,6 +263,7 @@ def load(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
 
 
 def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
+    spec = _with_downloaded_url(spec, offline)
     if spec.family in ("random", "no_model"):
         from modelctl.daemon.loaders.synthetic import NoModel, RandomModel
 
@@ -251,6 +283,20 @@ def _build(spec: ModelSpec, device: str, offline: bool) -> LoadedModel:
     from modelctl.daemon.loaders.open_clip import OpenClipModel
 
     return OpenClipModel(spec, device, offline)
+
+
+def _with_downloaded_url(spec: ModelSpec, offline: bool) -> ModelSpec:
+    """``spec`` with its ``properties.url`` fetched: a checkpoint for the CLIP families
+    (open_clip's ``pretrained``), a model archive for the others (Marqo's layout)."""
+    url = spec.extra.get("url")
+    if url is None:
+        return spec
+    from modelctl.daemon.loaders.downloads import downloaded
+
+    local = str(downloaded(url, offline=offline))
+    if spec.family in CLIP_FAMILIES:
+        return replace(spec, pretrained=local)
+    return replace(spec, source=local)
 
 
 def _model_dir(spec: ModelSpec, offline: bool) -> Path:

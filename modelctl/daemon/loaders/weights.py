@@ -14,6 +14,7 @@ import socket
 import time
 from pathlib import Path
 
+from modelctl.config import default_cache_dir
 from modelctl.errors import InvalidArgument, WeightsNotFound
 from modelctl.registry import PACKAGED_WEIGHTS as _PACKAGED
 
@@ -196,8 +197,7 @@ def extracted_archive(path: Path) -> Path:
                               f"({', '.join(_ARCHIVE_SUFFIXES)})")
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelctl"
-    target = root / "archives" / key.hexdigest()[:24]
+    target = default_cache_dir() / "archives" / key.hexdigest()[:24]
     if not target.is_dir():
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         partial.mkdir(parents=True, exist_ok=True)
