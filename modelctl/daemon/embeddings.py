@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelctl.daemon.app import LISTENER_KEY
 from modelctl.daemon.devices import parse_device
+from modelctl.daemon.entry import Entry, EntryState
 from modelctl.daemon.images import (
     DATA_URI_PREFIX,
     PendingImage,
@@ -46,7 +47,6 @@ from modelctl.errors import (
 if TYPE_CHECKING:
     from modelctl.config import Limits
     from modelctl.daemon.batcher import Batcher
-    from modelctl.daemon.cache import Entry
     from modelctl.daemon.loaders.base import LoadedModel
     from modelctl.registry import ModelSpec
 
@@ -209,7 +209,7 @@ async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsReque
     """The ready entry to use: where it is loaded, else load it (registry names only)."""
     device = parse_device(body.device) if body.device else None
     loaded = [e for e in state.loaded_entries(body.model)
-              if (device is None or e.device == device) and e.state != "ejecting"
+              if (device is None or e.device == device) and e.state != EntryState.EJECTING
               and body.engine in (None, e.spec.engine)
               and body.precision in (None, e.spec.precision)]
     if loaded:

@@ -17,6 +17,7 @@ from modelctl.daemon.devices import (
     parse_device,
     torch_memory,
 )
+from modelctl.daemon.entry import EntryState
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     HardwareCompatibilityError,
@@ -60,7 +61,7 @@ async def root(request: Request) -> Response:
 def models_body(state: DaemonState) -> bytes:
     body: MarqoModels = {"models": [
         {"model_name": e.name, "model_device": display_device(e.device)}
-        for e in state.cache.list() if e.state == "ready"]}
+        for e in state.cache.list() if e.state == EntryState.READY]}
     return dump_json(body)
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from modelctl import __version__
 from modelctl.config import PreloadItem, Settings, set_compute_environment
 from modelctl.daemon.budget import Budgets
-from modelctl.daemon.cache import Entry, ModelCache
+from modelctl.daemon.cache import ModelCache
 from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
+from modelctl.daemon.entry import Entry
 from modelctl.daemon.images import PixelGate
 from modelctl.daemon.loaders import ModelSpec, precision, spec_for
 from modelctl.daemon.metrics import Metrics
