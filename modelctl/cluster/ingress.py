@@ -402,7 +402,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    from modelctl.daemon.app import dump_json
+    from modelctl.daemon.responses import dump_json
 
     return Response(dump_json(content), status_code=status, media_type="application/json")
 

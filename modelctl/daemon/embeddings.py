@@ -24,7 +24,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelctl.daemon.app import LISTENER_KEY
 from modelctl.daemon.devices import parse_device
 from modelctl.daemon.entry import Entry, EntryState
 from modelctl.daemon.images import (
@@ -35,6 +34,7 @@ from modelctl.daemon.images import (
     refuse_other_data_uri,
 )
 from modelctl.daemon.loaders import spec_for
+from modelctl.daemon.routing import daemon_state, via_socket
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     BadRequest,
@@ -78,7 +78,7 @@ class EmbeddingsRequest(BaseModel):
 
 @router.post("/embeddings", summary="Embed texts or images (OpenAI-compatible)")
 async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
-    state: DaemonState = request.app.state.daemon
+    state = daemon_state(request)
     started = time.perf_counter()
     limits = state.settings.limits
     inputs = [body.input] if isinstance(body.input, str) else body.input
@@ -220,7 +220,7 @@ async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsReque
                      loaded[0])
         return await state.cache.load(entry.spec, entry.device)
     spec = state.variant(spec_for(body.model, None,
-                                  local_paths=request.scope.get(LISTENER_KEY) == "unix"),
+                                  local_paths=via_socket(request)),
                          body.engine, body.precision)
     if device is None:
         await state.torch_ready()

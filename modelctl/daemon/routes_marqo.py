@@ -9,7 +9,6 @@ import psutil
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from modelctl.daemon.app import dump_json, fast_get, json_bytes
 from modelctl.daemon.devices import (
     NO_CUDA_MESSAGE,
     cuda_device_count,
@@ -18,6 +17,8 @@ from modelctl.daemon.devices import (
     torch_memory,
 )
 from modelctl.daemon.entry import EntryState
+from modelctl.daemon.responses import dump_json, fast_get
+from modelctl.daemon.routing import daemon_state, json_bytes
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     HardwareCompatibilityError,
@@ -37,10 +38,6 @@ from modelctl.wire import (
 router = APIRouter(tags=["marqo"])
 
 
-def _state(request: Request) -> DaemonState:
-    return request.app.state.daemon
-
-
 def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
@@ -54,7 +51,7 @@ def root_body(state: DaemonState) -> bytes:
 
 @router.get("/", summary="Version (read by Marqo's 3.x client)")
 async def root(request: Request) -> Response:
-    return _json(root_body(_state(request)))
+    return _json(root_body(daemon_state(request)))
 
 
 @fast_get("/models")
@@ -67,7 +64,7 @@ def models_body(state: DaemonState) -> bytes:
 
 @router.get("/models", summary="Loaded models (Marqo)")
 async def get_models(request: Request) -> Response:
-    return _json(models_body(_state(request)))
+    return _json(models_body(daemon_state(request)))
 
 
 @router.delete("/models", summary="Eject a model (Marqo)", responses={
@@ -78,7 +75,7 @@ async def delete_models(request: Request,
                         model_device: str | None = Query(None)) -> Response:
     if model_name is None:
         raise Unprocessable.missing("query", "model_name")
-    state = _state(request)
+    state = daemon_state(request)
     if model_device is None:
         return await _eject_everywhere(state, model_name)
     not_found = ModelNotInCache(
@@ -131,13 +128,13 @@ def cpu_body(state: DaemonState) -> bytes:
 
 @router.get("/device/cpu", summary="CPU and memory use (Marqo)")
 async def device_cpu(request: Request) -> Response:
-    return _json(cpu_body(_state(request)))
+    return _json(cpu_body(daemon_state(request)))
 
 
 @router.get("/device/cuda", summary="CUDA devices (Marqo)", responses={
     400: {"description": "no CUDA on this machine"}})
 async def device_cuda(request: Request) -> Response:
-    state = _state(request)
+    state = daemon_state(request)
     await state.torch_ready()
     count = cuda_device_count()
     if count == 0:

@@ -137,8 +137,9 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
     # Imported here, after the bind: the web stack costs a few hundred milliseconds.
     from modelctl.daemon.access_log import AccessLog
-    from modelctl.daemon.app import Listener, create_app
+    from modelctl.daemon.app import create_app
     from modelctl.daemon.connections import ConnectionCap
+    from modelctl.daemon.listener import Listener
     from modelctl.daemon.state import DaemonState
 
     state = DaemonState(settings)
