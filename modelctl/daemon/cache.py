@@ -136,6 +136,22 @@ class ModelCache:
                 and (engine is None or e.spec.engine == engine)
                 and (precision is None or e.spec.precision == precision)]
 
+    async def use_loaded(self, spec_name: str, device: str | None, *, engine: str | None,
+                         precision: str | None, prefer: tuple[str, str]) -> Entry | None:
+        """The ready entry of a copy of ``spec_name`` already in the cache (waiting for
+        its load if under way), or ``None`` when none is there to use.
+
+        Narrowed to ``device``, ``engine`` and ``precision`` where given; of several
+        variants, the ``prefer`` one (engine, precision) if it is there, else the first.
+        """
+        loaded = [e for e in self.find(spec_name, device, engine=engine, precision=precision)
+                  if e.state != EntryState.EJECTING]
+        if not loaded:
+            return None
+        entry = next((e for e in loaded if (e.spec.engine, e.spec.precision) == prefer),
+                     loaded[0])
+        return await self.load(entry.spec, entry.device)
+
     # -- load --------------------------------------------------------------------------
     async def load(self, spec: ModelSpec, device: str, *, name: str | None = None,
                    pin: bool | None = None, keep_alive: float | None | str = "default",

@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelctl.daemon.devices import parse_device
-from modelctl.daemon.entry import Entry, EntryState
+from modelctl.daemon.entry import Entry
 from modelctl.daemon.images import (
     DATA_URI_PREFIX,
     PendingImage,
@@ -208,17 +208,13 @@ def _is_unicode(text: str) -> bool:
 async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsRequest) -> Entry:
     """The ready entry to use: where it is loaded, else load it (registry names only)."""
     device = parse_device(body.device) if body.device else None
-    loaded = [e for e in state.loaded_entries(body.model)
-              if (device is None or e.device == device) and e.state != EntryState.EJECTING
-              and body.engine in (None, e.spec.engine)
-              and body.precision in (None, e.spec.precision)]
-    if loaded:
-        # Several variants loaded and none named: the daemon's default variant if it is
-        # one of them, else the first loaded.
-        default = (state.settings.engine, state.settings.precision)
-        entry = next((e for e in loaded if (e.spec.engine, e.spec.precision) == default),
-                     loaded[0])
-        return await state.cache.load(entry.spec, entry.device)
+    # Several variants loaded and none named: the daemon's default variant if it is one
+    # of them, else the first loaded.
+    loaded = await state.cache.use_loaded(
+        state.spec_name(body.model), device, engine=body.engine, precision=body.precision,
+        prefer=(state.settings.engine, state.settings.precision))
+    if loaded is not None:
+        return loaded
     spec = state.variant(spec_for(body.model, None,
                                   local_paths=via_socket(request)),
                          body.engine, body.precision)

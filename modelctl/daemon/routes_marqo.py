@@ -84,7 +84,7 @@ async def delete_models(request: Request,
         device = parse_device(model_device)
     except InvalidArgument:
         raise not_found from None  # Marqo does not validate the device here: 404
-    if not model_name or not state.cache.find(state.spec_name(model_name), device):
+    if not model_name:
         raise not_found
     try:
         await state.cache.eject(state.spec_name(model_name), device)
