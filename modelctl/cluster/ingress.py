@@ -322,7 +322,7 @@ class ClusterIngress:
 
     # -- views -----------------------------------------------------------------------------
     async def list_models(self, request: Request, body: bytes) -> Response:
-        from modelctl.daemon.routes_native import openai_model
+        from modelctl.daemon.views import openai_model
 
         # OpenAI's model list, as a daemon answers it: one item per copy in the fleet.
         return _json({"object": "list", "data": [

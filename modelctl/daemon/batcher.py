@@ -29,11 +29,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from modelctl.errors import ServiceUnavailable, TooManyRequests
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from modelctl.daemon.loaders.base import LoadedModel
 
 MAX_BATCH_ITEMS = 128
@@ -221,6 +221,9 @@ class Batcher:
                 raise
             return
         self.metrics.batch(self.label, len(batch), len(jobs), time.perf_counter() - started)
+        # Imported here: the daemon serves before it imports numpy (torch has by now).
+        import numpy as np
+
         for item, row, count in zip(ordered, vectors, tokens, strict=True):
             job = item.job
             job.rows[item.index] = row

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelctl.daemon import loaders
 from modelctl.daemon.batcher import Batcher
@@ -38,7 +38,6 @@ from modelctl.daemon.budget import Budgets
 from modelctl.daemon.devices import check_device_present, display_device, native_precisions
 from modelctl.daemon.entry import Entry, EntryState, Key
 from modelctl.daemon.loaders import precision
-from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
 from modelctl.daemon.threads import GovernedExecutor, ThreadGovernor
@@ -51,6 +50,9 @@ from modelctl.errors import (
 from modelctl.registry import ModelSpec
 from modelctl.units import format_bytes, iso_from_timestamp
 from modelctl.wire import EjectedModel
+
+if TYPE_CHECKING:
+    from modelctl.daemon.loaders.base import LoadedModel
 
 log = logging.getLogger("modelctl.cache")
 

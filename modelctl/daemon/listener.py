@@ -3,8 +3,9 @@
 ``Listener`` is pure ASGI, with no per-request middleware stack: it tags each request
 with the listener it came through (``LISTENER_KEY``), enforces the API key on TCP and
 the Host of a loopback listener, bounds request bodies, answers the fast GET routes
-(``FAST_GET``) itself, and hands everything else to the app. It imports neither
-FastAPI nor pydantic, so the daemon can serve before the web stack is imported.
+(``FAST_GET``, views.py) itself, and hands everything else to the app. ``LateApp``
+stands for an app that is still being built: requests wait for it. Neither imports
+FastAPI or pydantic, so the daemon serves before the web stack is imported (server.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from modelctl.errors import (
     ApiError,
     BadRequest,
     Forbidden,
+    InternalError,
     PayloadTooLarge,
     ServiceUnavailable,
     Unauthorized,
@@ -134,6 +136,28 @@ class Listener:
             return message
 
         return bounded_receive
+
+
+class LateApp:
+    """An app built while the daemon already serves (server.py): a request that needs
+    it before it exists waits for it, and one that came before a failed build gets
+    the contract's 500."""
+
+    def __init__(self, built: asyncio.Future[ASGIApp]) -> None:
+        self._built = built
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self._app
+        if app is None:
+            try:
+                # shield: a request that gives up waiting must not cancel the build.
+                app = self._app = await asyncio.shield(self._built)
+            except Exception:  # logged where it is built
+                await _send_error(send, InternalError(
+                    "the daemon could not build its web app; see the daemon log"))
+                return
+        await app(scope, receive, send)
 
 
 def _host_allowed(raw: bytes | None, allowed: frozenset[str]) -> bool:

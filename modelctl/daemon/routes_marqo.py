@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import psutil
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from modelctl.daemon import views
 from modelctl.daemon.devices import (
     NO_CUDA_MESSAGE,
     cuda_device_count,
@@ -16,9 +16,7 @@ from modelctl.daemon.devices import (
     parse_device,
     torch_memory,
 )
-from modelctl.daemon.entry import EntryState
-from modelctl.daemon.responses import dump_json, fast_get
-from modelctl.daemon.routing import daemon_state, json_bytes
+from modelctl.daemon.routing import daemon_state, json_body, json_bytes
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     HardwareCompatibilityError,
@@ -27,44 +25,22 @@ from modelctl.errors import (
     Unprocessable,
 )
 from modelctl.wire import (
-    MarqoCpu,
     MarqoCuda,
     MarqoCudaDevice,
     MarqoEjected,
-    MarqoModels,
-    MarqoRoot,
 )
 
 router = APIRouter(tags=["marqo"])
 
 
-def _json(body: bytes) -> Response:
-    return Response(body, media_type="application/json")
-
-
-@fast_get("/")
-def root_body(state: DaemonState) -> bytes:
-    body: MarqoRoot = {"message": "Welcome to modelctl, a Marqo-compatible model cache",
-                       "version": state.version}
-    return dump_json(body)
-
-
 @router.get("/", summary="Version (read by Marqo's 3.x client)")
 async def root(request: Request) -> Response:
-    return _json(root_body(daemon_state(request)))
-
-
-@fast_get("/models")
-def models_body(state: DaemonState) -> bytes:
-    body: MarqoModels = {"models": [
-        {"model_name": e.name, "model_device": display_device(e.device)}
-        for e in state.cache.list() if e.state == EntryState.READY]}
-    return dump_json(body)
+    return json_body(views.root_body(daemon_state(request)))
 
 
 @router.get("/models", summary="Loaded models (Marqo)")
 async def get_models(request: Request) -> Response:
-    return _json(models_body(daemon_state(request)))
+    return json_body(views.marqo_models_body(daemon_state(request)))
 
 
 @router.delete("/models", summary="Eject a model (Marqo)", responses={
@@ -115,20 +91,9 @@ def eject_message(model_name: str, devices: list[str]) -> str:
     return f"successfully eject model_name `{model_name}` from {where}"
 
 
-@fast_get("/device/cpu")
-def cpu_body(state: DaemonState) -> bytes:
-    vm = psutil.virtual_memory()
-    body: MarqoCpu = {
-        "cpu_usage_percent": f"{state.cpu.percent:.1f} %",
-        "memory_used_percent": f"{vm.percent:.1f} %",
-        "memory_used_gb": f"{vm.used / 1e9:.1f}",
-    }
-    return dump_json(body)
-
-
 @router.get("/device/cpu", summary="CPU and memory use (Marqo)")
 async def device_cpu(request: Request) -> Response:
-    return _json(cpu_body(daemon_state(request)))
+    return json_body(views.cpu_body(daemon_state(request)))
 
 
 @router.get("/device/cuda", summary="CUDA devices (Marqo)", responses={

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,15 +10,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelctl.daemon import views
 from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
 from modelctl.daemon.loaders import offline_available, spec_for
 from modelctl.daemon.loaders import precision as precision_module
 from modelctl.daemon.metrics import CONTENT_TYPE
-from modelctl.daemon.routing import daemon_state, json_bytes, via_socket
+from modelctl.daemon.routing import daemon_state, json_body, json_bytes, via_socket
 from modelctl.errors import InvalidArgument, ModelNotInCache, NotFound
 from modelctl.registry import REGISTRY, list_registry
-from modelctl.units import parse_iso, parse_keep_alive
-from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
+from modelctl.units import parse_keep_alive
+from modelctl.wire import DevicesReport, EjectResult
 
 router = APIRouter(prefix="/v1", tags=["native"])
 metrics_router = APIRouter(tags=["native"])
@@ -66,37 +66,12 @@ class ListenerRequest(BaseModel):
 
 @router.get("/health", summary="Liveness and version")
 async def health(request: Request) -> Response:
-    state = daemon_state(request)
-    health: Health = {
-        "status": "ok", "version": state.version, "pid": state.pid,
-        "uptime_s": round(time.monotonic() - state.started, 3),
-        "torch_ready": state.torch_is_ready, "socket": str(state.settings.socket_path),
-        "http": state.http_urls[0] if state.http_urls else None,
-        "listeners": list(state.http_urls),
-        "preload": state.preload_status,
-        "rss_bytes": cpu_report(state.cpu)["process_rss"], "idle_rss_bytes": state.idle_rss,
-    }
-    return json_bytes(health)
-
-
-def openai_model(entry: CacheEntry) -> dict[str, Any]:
-    """A cache entry as an item of OpenAI's model list, with modelctl's fields after.
-
-    ``id`` is the name the model was loaded by (what ``/v1/embeddings`` takes); the
-    same model on two devices is two items with one ``id``.
-    """
-    loaded = entry.get("loaded_at")
-    created = int(parse_iso(loaded).timestamp()) if loaded else 0
-    canonical = str(entry.get("canonical_name") or "")
-    owner = canonical.split("/", 1)[0] if canonical.count("/") == 1 else "modelctl"
-    return {"id": entry["name"], "object": "model", "created": created, "owned_by": owner,
-            **entry}
+    return json_body(views.health_body(daemon_state(request)))
 
 
 @router.get("/models", summary="Loaded models: OpenAI's model list, with full detail")
 async def list_models(request: Request) -> Response:
-    return json_bytes({"object": "list", "data": [
-        openai_model(e.describe()) for e in daemon_state(request).cache.list()]})
+    return json_body(views.models_body(daemon_state(request)))
 
 
 @router.get("/models/{model_id:path}", summary="One loaded model, as OpenAI's model object")
@@ -108,7 +83,7 @@ async def get_model(request: Request, model_id: str) -> Response:
     # The copy used last stands for the model; `devices` lists every copy's device.
     entry = max(entries, key=lambda e: e.last_used)
     # `id` is the id asked for (an alias or the canonical name), as OpenAI's API answers.
-    return json_bytes({**openai_model(entry.describe()), "id": model_id,
+    return json_bytes({**views.openai_model(entry.describe()), "id": model_id,
                        "devices": sorted(e.device for e in entries)})
 
 

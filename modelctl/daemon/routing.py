@@ -25,3 +25,8 @@ def via_socket(request: Request) -> bool:
 
 def json_bytes(content: Any, status: int = 200) -> Response:
     return Response(dump_json(content), status_code=status, media_type="application/json")
+
+
+def json_body(body: bytes) -> Response:
+    """A 200 whose body is already JSON (a ``views`` body)."""
+    return Response(body, media_type="application/json")

@@ -5,8 +5,15 @@ Order matters here, and each step says why:
 2. bind the Unix socket (and TCP port) *before* importing the web stack or torch, so
    clients can connect at once; connections wait in the backlog until we accept;
 3. write the status file only after the bind, so whoever reads it can connect;
-4. serve, importing torch in the background;
-5. on SIGTERM/SIGINT, remove the status file and socket *first* (a new client sees no
+4. serve before FastAPI is imported: the Listener answers the fast GET routes
+   (views.py: ``/v1/health``, ``/v1/models``, Marqo's ``/models``, ``/device/cpu``,
+   ``/``) from the start, which is all a client that just started the daemon asks
+   before ``ls``; every other request waits for the FastAPI app (``LateApp``), never
+   fails for want of it;
+5. in one background thread (warmup.py), build the FastAPI app, *then* import torch
+   and the loaders: the app is ready in a fraction of a second, torch takes seconds,
+   and requests that need torch await it (``DaemonState.torch_ready``);
+6. on SIGTERM/SIGINT, remove the status file and socket *first* (a new client sees no
    daemon rather than a dying one), then let in-flight requests finish, bounded.
 """
 
@@ -21,7 +28,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelctl import __version__
 from modelctl.config import Settings
@@ -34,6 +41,11 @@ from modelctl.runtime import (
     read_status,
     write_status,
 )
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from modelctl.daemon.state import DaemonState
 
 log = logging.getLogger("modelctl.daemon")
 
@@ -135,15 +147,20 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 
 
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
-    # Imported here, after the bind: the web stack costs a few hundred milliseconds.
+    # Imported here, after the bind. None of these imports FastAPI or pydantic (half a
+    # second): the app is built in the background once the listeners serve (steps 4-5).
+    from modelctl.daemon import views  # noqa: F401  (registers the fast GET routes)
     from modelctl.daemon.access_log import AccessLog
-    from modelctl.daemon.app import create_app
     from modelctl.daemon.connections import ConnectionCap
-    from modelctl.daemon.listener import Listener
+    from modelctl.daemon.listener import LateApp, Listener
     from modelctl.daemon.state import DaemonState
+    from modelctl.daemon.warmup import ImportThread
 
     state = DaemonState(settings)
-    app = create_app(state)
+    imports = ImportThread("warm-up")
+    built = imports.submit(lambda: _build_app(state))
+    built.add_done_callback(_log_build_failure)
+    app = LateApp(built)
     servers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     by_url: dict[str, tuple[Any, asyncio.Task[None]]] = {}
@@ -190,7 +207,7 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
         state.http_urls.append(tcp_url(tcp))
         serve(tcp, "tcp", settings.api_key)
         _warn_if_exposed(settings.http_host, settings.api_key)
-    state.start()
+    state.start(imports)  # builds the app, then imports torch
     log.info("modelctl %s daemon (pid %d) listening on %s%s", __version__, os.getpid(),
              settings.socket_path, "".join(f" and {u}" for u in state.http_urls))
 
@@ -211,6 +228,18 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     await state.close()
     log.info("stopped")
     return 0
+
+
+def _build_app(state: DaemonState) -> ASGIApp:
+    """The FastAPI app, built in the warm-up thread (it imports FastAPI)."""
+    from modelctl.daemon.app import create_app
+
+    return create_app(state)
+
+
+def _log_build_failure(built: asyncio.Future[Any]) -> None:
+    if not built.cancelled() and built.exception() is not None:
+        log.error("building the web app failed", exc_info=built.exception())
 
 
 def _record_http(settings: Settings, urls: list[str]) -> None:
