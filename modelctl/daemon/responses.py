@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 LISTENER_KEY = "modelctl.listener"
 
 FastBody = Callable[["DaemonState"], bytes]
-# GET routes without parameters that monitors poll (Marqo's /models, /device/cpu, /):
-# the Listener answers them without FastAPI's routing and dependency machinery, which
-# is most of such a request's CPU time. Each is also a FastAPI route with the same
-# body function, so /openapi.json describes it and the bytes cannot differ.
+# GET routes without parameters (views.py): what monitors poll, and what a client asks a
+# daemon it has just started. The Listener answers them without FastAPI's routing and
+# dependency machinery, which is most of such a request's CPU time, and before FastAPI
+# is even imported. Each is also a FastAPI route with the same body function, so
+# /openapi.json describes it and the bytes cannot differ.
 FAST_GET: dict[str, FastBody] = {}
 
 
