@@ -148,7 +148,7 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
     # Imported here, after the bind. None of these imports FastAPI or pydantic (half a
-    # second): the app is built in the background once the listeners serve (steps 4-5).
+    # second): the app is built in the background as the listeners start (steps 4-5).
     from modelctl.daemon import views  # noqa: F401  (registers the fast GET routes)
     from modelctl.daemon.access_log import AccessLog
     from modelctl.daemon.connections import ConnectionCap
