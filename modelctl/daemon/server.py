@@ -45,7 +45,9 @@ from modelctl.runtime import (
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from modelctl.daemon.listener import LateApp
     from modelctl.daemon.state import DaemonState
+    from modelctl.daemon.warmup import ImportThread
 
 log = logging.getLogger("modelctl.daemon")
 
@@ -152,15 +154,13 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     from modelctl.daemon import views  # noqa: F401  (registers the fast GET routes)
     from modelctl.daemon.access_log import AccessLog
     from modelctl.daemon.connections import ConnectionCap
-    from modelctl.daemon.listener import LateApp, Listener
+    from modelctl.daemon.listener import Listener
     from modelctl.daemon.state import DaemonState
     from modelctl.daemon.warmup import ImportThread
 
     state = DaemonState(settings)
     imports = ImportThread("warm-up")
-    built = imports.submit(lambda: _build_app(state))
-    built.add_done_callback(_log_build_failure)
-    app = LateApp(built)
+    app = _app_built_in(imports, state)
     servers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     by_url: dict[str, tuple[Any, asyncio.Task[None]]] = {}
@@ -218,6 +218,12 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     watcher = loop.create_task(_keep_socket(settings, lambda sock: serve(sock, "unix", None)))
     await stop.wait()
     watcher.cancel()
+    await _stop(settings, servers, tasks, state)
+    return 0
+
+
+async def _stop(settings: Settings, servers: list[Any], tasks: list[asyncio.Task[None]],
+                state: DaemonState) -> None:
     log.info("stopping: finishing requests in flight (at most %ds)", GRACEFUL_SHUTDOWN_S)
     for path in (settings.status_path, settings.socket_path):
         with contextlib.suppress(FileNotFoundError):
@@ -227,19 +233,25 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     await asyncio.gather(*tasks, return_exceptions=True)
     await state.close()
     log.info("stopped")
-    return 0
 
 
-def _build_app(state: DaemonState) -> ASGIApp:
-    """The FastAPI app, built in the warm-up thread (it imports FastAPI)."""
-    from modelctl.daemon.app import create_app
+def _app_built_in(imports: ImportThread, state: DaemonState) -> LateApp:
+    """The FastAPI app, as ``imports`` will build it (it imports FastAPI); requests that
+    need it before then wait for it."""
+    from modelctl.daemon.listener import LateApp
 
-    return create_app(state)
+    def build() -> ASGIApp:
+        from modelctl.daemon.app import create_app
 
+        return create_app(state)
 
-def _log_build_failure(built: asyncio.Future[Any]) -> None:
-    if not built.cancelled() and built.exception() is not None:
-        log.error("building the web app failed", exc_info=built.exception())
+    def log_failure(built: asyncio.Future[ASGIApp]) -> None:
+        if not built.cancelled() and built.exception() is not None:
+            log.error("building the web app failed", exc_info=built.exception())
+
+    built = imports.submit(build)
+    built.add_done_callback(log_failure)
+    return LateApp(built)
 
 
 def _record_http(settings: Settings, urls: list[str]) -> None:
