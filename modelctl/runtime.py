@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from modelctl.config import Settings
-from modelctl.errors import DaemonError, DaemonNotRunning, DaemonStartError, DaemonUnreachable
+from modelctl.errors import (
+    DaemonError,
+    DaemonNotRunning,
+    DaemonStartError,
+    DaemonUnreachable,
+    error_from_body,
+)
+from modelctl.unix_http import UnixConnection
 
 if TYPE_CHECKING:
     from modelctl.wire import Health
@@ -198,16 +205,26 @@ def spawn_daemon(settings: Settings) -> subprocess.Popen[bytes]:
 
 
 def ping(settings: Settings, timeout: float = 2.0) -> Health | None:
-    """``/v1/health`` of the daemon on the socket, or ``None`` if none answers."""
-    from modelctl.client import Client
+    """``/v1/health`` of the daemon on the socket, or ``None`` if none answers.
 
-    client = Client(socket_path=settings.socket_path, timeout=timeout)
+    Asked over ``unix_http`` itself rather than through ``Client``, which imports this
+    module to start daemons. An error the daemon answers is raised as ``Client`` would.
+    """
+    conn = UnixConnection(str(settings.socket_path), timeout)
     try:
-        return client.health()
-    except (DaemonNotRunning, DaemonUnreachable, OSError):
+        status, _, data = conn.exchange("GET", "/v1/health", None,
+                                        {"Accept": "application/json"})
+    except (DaemonUnreachable, OSError):  # no socket, refused, reset, timed out
         return None
     finally:
-        client.close()
+        conn.close()
+    try:
+        body = json.loads(data) if data else None
+    except ValueError:
+        body = data.decode(errors="replace")
+    if status >= 400:
+        raise error_from_body(status, body)
+    return body
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from modelctl.daemon.budget import Budgets
-from modelctl.daemon.cache import Entry
 from modelctl.daemon.devices import Nvml
+from modelctl.daemon.entry import Entry
 from modelctl.daemon.loaders import ModelSpec
 from modelctl.errors import CacheManagementError
 

@@ -322,7 +322,7 @@ class ClusterIngress:
 
     # -- views -----------------------------------------------------------------------------
     async def list_models(self, request: Request, body: bytes) -> Response:
-        from modelctl.daemon.routes_native import openai_model
+        from modelctl.daemon.views import openai_model
 
         # OpenAI's model list, as a daemon answers it: one item per copy in the fleet.
         return _json({"object": "list", "data": [
@@ -402,7 +402,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    from modelctl.daemon.app import dump_json
+    from modelctl.daemon.responses import dump_json
 
     return Response(dump_json(content), status_code=status, media_type="application/json")
 

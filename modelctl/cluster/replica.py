@@ -29,7 +29,8 @@ class ModelReplica:
                        args: dict[str, Any]) -> None:
         import ray
 
-        from modelctl.daemon.app import Listener, create_app
+        from modelctl.daemon.app import create_app
+        from modelctl.daemon.listener import Listener
         from modelctl.daemon.state import DaemonState
 
         options = ClusterOptions.from_args(args)

@@ -27,15 +27,14 @@ import time
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelctl.errors import ServiceUnavailable, TooManyRequests
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from modelctl.daemon.loaders.base import LoadedModel
-    from modelctl.daemon.metrics import Metrics
 
 MAX_BATCH_ITEMS = 128
 MAX_BATCH_CHARS = 128 * 1024
@@ -44,6 +43,14 @@ MAX_QUEUE_ITEMS = 8192
 # Characters a token takes at most, for the character bound of a truncated text: more
 # than any tokenizer's average (~4), so only texts that are truncated anyway are capped.
 CHARS_PER_TOKEN_BOUND = 16
+
+
+class BatchMetrics(Protocol):
+    """What a batcher reports (``metrics.Metrics`` is one); ``label`` is (model, device)."""
+
+    def batch(self, label: tuple[str, str], items: int, jobs: int, seconds: float) -> None: ...
+
+    def rejected(self, label: tuple[str, str]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -67,7 +74,7 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, model: LoadedModel, executor: Executor, metrics: Metrics, *,
+    def __init__(self, model: LoadedModel, executor: Executor, metrics: BatchMetrics, *,
                  label: tuple[str, str], max_items: int = MAX_BATCH_ITEMS,
                  max_chars: int = MAX_BATCH_CHARS, max_queue: int = MAX_QUEUE_ITEMS) -> None:
         self.model = model
@@ -214,6 +221,9 @@ class Batcher:
                 raise
             return
         self.metrics.batch(self.label, len(batch), len(jobs), time.perf_counter() - started)
+        # Imported here: the daemon serves before it imports numpy (torch has by now).
+        import numpy as np
+
         for item, row, count in zip(ordered, vectors, tokens, strict=True):
             job = item.job
             job.rows[item.index] = row

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 import psutil
 
 from modelctl.daemon.devices import Nvml, display_device
+from modelctl.daemon.entry import EntryState
 from modelctl.errors import CacheManagementError
 from modelctl.units import format_bytes
 
 if TYPE_CHECKING:
-    from modelctl.daemon.cache import Entry
+    from modelctl.daemon.entry import Entry
 
 CPU_SHARE = 0.5
 CUDA_SHARE = 0.9
@@ -111,7 +112,7 @@ class Budgets:
         if shortfall <= 0:
             return []
         idle = sorted((e for e in others
-                       if e.state == "ready" and not e.pinned and e.leases == 0),
+                       if e.state == EntryState.READY and not e.pinned and e.leases == 0),
                       key=lambda e: e.last_used)
         victims: list[Entry] = []
         freed = 0
@@ -133,7 +134,7 @@ class Budgets:
         holders = ", ".join(
             f"{e.name} ({format_bytes(e.held_bytes)}"
             f"{', pinned' if e.pinned else ''}{', in use' if e.leases else ''}"
-            f"{', loading' if e.state == 'loading' else ''})"
+            f"{', loading' if e.state == EntryState.LOADING else ''})"
             for e in sorted(others, key=lambda e: -e.held_bytes)) or "no model"
         free = self.free(device)
         if used + needed <= budget and free is not None and needed > free:

@@ -28,16 +28,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelctl.daemon import loaders
 from modelctl.daemon.batcher import Batcher
 from modelctl.daemon.budget import Budgets
 from modelctl.daemon.devices import check_device_present, display_device, native_precisions
+from modelctl.daemon.entry import Entry, EntryState, Key
 from modelctl.daemon.loaders import precision
-from modelctl.daemon.loaders.base import LoadedModel
 from modelctl.daemon.memory import Reclaimer
 from modelctl.daemon.metrics import Metrics
 from modelctl.daemon.threads import GovernedExecutor, ThreadGovernor
@@ -49,7 +49,10 @@ from modelctl.errors import (
 )
 from modelctl.registry import ModelSpec
 from modelctl.units import format_bytes, iso_from_timestamp
-from modelctl.wire import CacheEntry, EjectedModel
+from modelctl.wire import EjectedModel
+
+if TYPE_CHECKING:
+    from modelctl.daemon.loaders.base import LoadedModel
 
 log = logging.getLogger("modelctl.cache")
 
@@ -59,79 +62,8 @@ log = logging.getLogger("modelctl.cache")
 DRAIN_TIMEOUT_S = 300.0
 Ejected = EjectedModel
 # Aliases: inside ModelCache, ``list`` names its method.
-_Entries = list["Entry"]
+_Entries = list[Entry]
 _Results = list[Ejected]
-Key = tuple[str, str, str, str]  # (canonical name, device, engine, precision)
-
-
-@dataclass(eq=False)
-class Entry:
-    name: str
-    spec: ModelSpec
-    device: str
-    pinned: bool
-    keep_alive: float | None
-    state: str = "loading"
-    model: LoadedModel | None = None
-    batcher: Batcher | None = None
-    estimate: int | None = None
-    bytes: int | None = None
-    device_bytes: int | None = None
-    loaded_at: float | None = None
-    last_used: float = field(default_factory=time.time)
-    load_seconds: float | None = None
-    requests: int = 0
-    leases: int = 0
-    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
-                                        .create_future())
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-    gone: asyncio.Event = field(default_factory=asyncio.Event)
-    ejection: asyncio.Task[Ejected] | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def key(self) -> Key:
-        return (self.spec.name, self.device, self.spec.engine, self.spec.precision)
-
-    @property
-    def held_bytes(self) -> int:
-        """What this entry counts against its device's budget: measured once loaded
-        (the allocator's delta on cuda), estimated before."""
-        for measured in ((self.device_bytes, self.bytes) if self.device.startswith("cuda")
-                         else (self.bytes,)):
-            if measured is not None:
-                return measured
-        return self.estimate or 0
-
-    @property
-    def expires_at(self) -> float | None:
-        """When keep-alive ejects this model; ``None`` while pinned, in use, or kept
-        forever (the clock starts again when the last request returns)."""
-        if self.pinned or self.keep_alive is None or self.state != "ready" or self.leases:
-            return None
-        return self.last_used + self.keep_alive
-
-    def describe(self) -> CacheEntry:
-        model = self.model
-        spec = self.spec
-        return {
-            "name": self.name, "canonical_name": spec.name, "device": self.device,
-            "family": spec.family, "source": spec.source, "engine": spec.engine,
-            "marqo_engine": spec.marqo_engine,
-            # What runs here: Marqo's fp16 on cpu was made fp32 before the load (a warning).
-            "precision": spec.precision,
-            "accuracy": getattr(model, "accuracy", None), "warnings": self.warnings,
-            "onnx": getattr(model, "onnx", None),
-            "custom": spec.custom, "properties": spec.properties,
-            "dimensions": model.dimensions if model is not None else self.spec.dimensions,
-            "modalities": list(self.spec.modalities), "state": self.state,
-            "bytes": self.bytes, "device_bytes": self.device_bytes,
-            "loaded_at": iso_from_timestamp(self.loaded_at),
-            "last_used_at": iso_from_timestamp(self.last_used if self.loaded_at else None),
-            "load_seconds": self.load_seconds, "requests": self.requests,
-            "in_flight": self.leases, "pinned": self.pinned, "keep_alive": self.keep_alive,
-            "expires_at": iso_from_timestamp(self.expires_at),
-        }
 
 
 _NOTES = ("note", "notes")
@@ -206,6 +138,22 @@ class ModelCache:
                 and (engine is None or e.spec.engine == engine)
                 and (precision is None or e.spec.precision == precision)]
 
+    async def use_loaded(self, spec_name: str, device: str | None, *, engine: str | None,
+                         precision: str | None, prefer: tuple[str, str]) -> Entry | None:
+        """The ready entry of a copy of ``spec_name`` already in the cache (waiting for
+        its load if under way), or ``None`` when none is there to use.
+
+        Narrowed to ``device``, ``engine`` and ``precision`` where given; of several
+        variants, the ``prefer`` one (engine, precision) if it is there, else the first.
+        """
+        loaded = [e for e in self.find(spec_name, device, engine=engine, precision=precision)
+                  if e.state != EntryState.EJECTING]
+        if not loaded:
+            return None
+        entry = next((e for e in loaded if (e.spec.engine, e.spec.precision) == prefer),
+                     loaded[0])
+        return await self.load(entry.spec, entry.device)
+
     # -- load --------------------------------------------------------------------------
     async def load(self, spec: ModelSpec, device: str, *, name: str | None = None,
                    pin: bool | None = None, keep_alive: float | None | str = "default",
@@ -229,10 +177,10 @@ class ModelCache:
                 if note:
                     entry.warnings.append(note)
                     log.warning("%s on %s: %s", entry.name, device, note)
-            if entry.state == "ejecting":
+            if entry.state == EntryState.EJECTING:
                 await entry.gone.wait()  # never hand out a copy that is being freed
                 continue
-            if entry.state == "loading":
+            if entry.state == EntryState.LOADING:
                 await asyncio.shield(entry.ready)  # raises the load's error
                 continue  # look again: it may have been evicted before we woke up
             if pin is not None:
@@ -296,7 +244,7 @@ class ModelCache:
                         "the rest is pinned or in use. Eject or unpin a model, or raise the "
                         "budget; the load was undone")
                 entry.loaded_at = entry.last_used = time.time()
-                entry.state = "ready"
+                entry.state = EntryState.READY
             self.metrics.loaded(entry)
             log.info("loaded %s on %s: %s in %.2fs", entry.name, entry.device,
                      format_bytes(entry.held_bytes), entry.load_seconds)
@@ -356,7 +304,7 @@ class ModelCache:
 
     def _staying(self, device: str, but: Entry | None = None) -> _Entries:
         return [e for e in self.entries.values()
-                if e.device == device and e is not but and e.state != "ejecting"]
+                if e.device == device and e is not but and e.state != EntryState.EJECTING]
 
     async def _make_room(self, entry: Entry) -> None:
         """Evict what ``entry``'s load needs, or raise 409 having evicted nothing."""
@@ -367,7 +315,8 @@ class ModelCache:
         # Models already being ejected hold their memory until freed; when the room
         # counted on them, wait for them too.
         leaving = [e for e in self.entries.values()
-                   if e.device == entry.device and e.state == "ejecting" and e not in victims]
+                   if e.device == entry.device and e.state == EntryState.EJECTING
+                   and e not in victims]
         remaining = [e for e in staying if e not in victims]
         if self.budgets.shortfall(entry.device, needed, remaining + leaving) <= 0:
             leaving = []
@@ -394,9 +343,9 @@ class ModelCache:
     @contextlib.asynccontextmanager
     async def lease(self, entry: Entry) -> AsyncIterator[Entry]:
         """Hold ``entry`` for one use; eject waits until every lease is returned."""
-        if entry.state != "ready":
+        if entry.state != EntryState.READY:
             raise CacheManagementError(f"{entry.name} on {display_device(entry.device)} is "
-                                       f"{entry.state}; try again")
+                                       f"{entry.state.value}; try again")
         entry.leases += 1
         entry.requests += 1
         entry.drained.clear()
@@ -431,7 +380,7 @@ class ModelCache:
     async def _eject_all(self, targets: _Entries, force: bool) -> builtins.list[Ejected | None]:
         # Every ready target is marked ejecting here, before the first await.
         waits = [asyncio.shield(self._begin_eject(e, force=force, reason="eject"))
-                 if e.state != "loading" else self._eject_when_loaded(e, force)
+                 if e.state != EntryState.LOADING else self._eject_when_loaded(e, force)
                  for e in targets]
         return list(await asyncio.gather(*waits))
 
@@ -439,7 +388,7 @@ class ModelCache:
         """Eject a model that is loading once it is ready; ``None`` if its load failed."""
         with contextlib.suppress(Exception):
             await asyncio.shield(entry.ready)
-        if entry.ejection is None and (entry.state != "ready"
+        if entry.ejection is None and (entry.state != EntryState.READY
                                        or self.entries.get(entry.key) is not entry):
             return None
         return await asyncio.shield(self._begin_eject(entry, force=force, reason="eject"))
@@ -452,7 +401,7 @@ class ModelCache:
         idle until it is freed.
         """
         if entry.ejection is None:
-            entry.state = "ejecting"
+            entry.state = EntryState.EJECTING
             entry.ejection = self._spawn(self._finish_eject(entry, force, reason))
         elif force:
             entry.drained.set()  # a forced eject stops waiting for requests in flight

@@ -24,8 +24,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelctl.daemon.app import LISTENER_KEY
 from modelctl.daemon.devices import parse_device
+from modelctl.daemon.entry import Entry
 from modelctl.daemon.images import (
     DATA_URI_PREFIX,
     PendingImage,
@@ -34,6 +34,7 @@ from modelctl.daemon.images import (
     refuse_other_data_uri,
 )
 from modelctl.daemon.loaders import spec_for
+from modelctl.daemon.routing import daemon_state, via_socket
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     BadRequest,
@@ -46,7 +47,6 @@ from modelctl.errors import (
 if TYPE_CHECKING:
     from modelctl.config import Limits
     from modelctl.daemon.batcher import Batcher
-    from modelctl.daemon.cache import Entry
     from modelctl.daemon.loaders.base import LoadedModel
     from modelctl.registry import ModelSpec
 
@@ -78,7 +78,7 @@ class EmbeddingsRequest(BaseModel):
 
 @router.post("/embeddings", summary="Embed texts or images (OpenAI-compatible)")
 async def embeddings(request: Request, body: EmbeddingsRequest) -> Response:
-    state: DaemonState = request.app.state.daemon
+    state = daemon_state(request)
     started = time.perf_counter()
     limits = state.settings.limits
     inputs = [body.input] if isinstance(body.input, str) else body.input
@@ -208,19 +208,15 @@ def _is_unicode(text: str) -> bool:
 async def _entry_for(state: DaemonState, request: Request, body: EmbeddingsRequest) -> Entry:
     """The ready entry to use: where it is loaded, else load it (registry names only)."""
     device = parse_device(body.device) if body.device else None
-    loaded = [e for e in state.loaded_entries(body.model)
-              if (device is None or e.device == device) and e.state != "ejecting"
-              and body.engine in (None, e.spec.engine)
-              and body.precision in (None, e.spec.precision)]
-    if loaded:
-        # Several variants loaded and none named: the daemon's default variant if it is
-        # one of them, else the first loaded.
-        default = (state.settings.engine, state.settings.precision)
-        entry = next((e for e in loaded if (e.spec.engine, e.spec.precision) == default),
-                     loaded[0])
-        return await state.cache.load(entry.spec, entry.device)
+    # Several variants loaded and none named: the daemon's default variant if it is one
+    # of them, else the first loaded.
+    loaded = await state.cache.use_loaded(
+        state.spec_name(body.model), device, engine=body.engine, precision=body.precision,
+        prefer=(state.settings.engine, state.settings.precision))
+    if loaded is not None:
+        return loaded
     spec = state.variant(spec_for(body.model, None,
-                                  local_paths=request.scope.get(LISTENER_KEY) == "unix"),
+                                  local_paths=via_socket(request)),
                          body.engine, body.precision)
     if device is None:
         await state.torch_ready()

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from modelctl.daemon.cache import Entry
+    from modelctl.daemon.entry import Entry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Model names are chosen by clients (custom models, failed loads): past this many, new
@@ -139,7 +139,8 @@ class _CacheCollector(Collector):
                                    labels=["device"])
         counts: dict[tuple[str, str], int] = {}
         for entry in self._entries():
-            counts[(entry.device, entry.state)] = counts.get((entry.device, entry.state), 0) + 1
+            state = entry.state.value
+            counts[(entry.device, state)] = counts.get((entry.device, state), 0) + 1
             labels = [entry.name, entry.device, entry.spec.engine, entry.spec.precision]
             if entry.bytes is not None:
                 size.add_metric(labels, entry.bytes)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import psutil
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from modelctl.daemon.app import dump_json, fast_get, json_bytes
+from modelctl.daemon import views
 from modelctl.daemon.devices import (
     NO_CUDA_MESSAGE,
     cuda_device_count,
@@ -17,6 +16,7 @@ from modelctl.daemon.devices import (
     parse_device,
     torch_memory,
 )
+from modelctl.daemon.routing import daemon_state, json_body, json_bytes
 from modelctl.daemon.state import DaemonState
 from modelctl.errors import (
     HardwareCompatibilityError,
@@ -25,48 +25,22 @@ from modelctl.errors import (
     Unprocessable,
 )
 from modelctl.wire import (
-    MarqoCpu,
     MarqoCuda,
     MarqoCudaDevice,
     MarqoEjected,
-    MarqoModels,
-    MarqoRoot,
 )
 
 router = APIRouter(tags=["marqo"])
 
 
-def _state(request: Request) -> DaemonState:
-    return request.app.state.daemon
-
-
-def _json(body: bytes) -> Response:
-    return Response(body, media_type="application/json")
-
-
-@fast_get("/")
-def root_body(state: DaemonState) -> bytes:
-    body: MarqoRoot = {"message": "Welcome to modelctl, a Marqo-compatible model cache",
-                       "version": state.version}
-    return dump_json(body)
-
-
 @router.get("/", summary="Version (read by Marqo's 3.x client)")
 async def root(request: Request) -> Response:
-    return _json(root_body(_state(request)))
-
-
-@fast_get("/models")
-def models_body(state: DaemonState) -> bytes:
-    body: MarqoModels = {"models": [
-        {"model_name": e.name, "model_device": display_device(e.device)}
-        for e in state.cache.list() if e.state == "ready"]}
-    return dump_json(body)
+    return json_body(views.root_body(daemon_state(request)))
 
 
 @router.get("/models", summary="Loaded models (Marqo)")
 async def get_models(request: Request) -> Response:
-    return _json(models_body(_state(request)))
+    return json_body(views.marqo_models_body(daemon_state(request)))
 
 
 @router.delete("/models", summary="Eject a model (Marqo)", responses={
@@ -77,7 +51,7 @@ async def delete_models(request: Request,
                         model_device: str | None = Query(None)) -> Response:
     if model_name is None:
         raise Unprocessable.missing("query", "model_name")
-    state = _state(request)
+    state = daemon_state(request)
     if model_device is None:
         return await _eject_everywhere(state, model_name)
     not_found = ModelNotInCache(
@@ -86,7 +60,7 @@ async def delete_models(request: Request,
         device = parse_device(model_device)
     except InvalidArgument:
         raise not_found from None  # Marqo does not validate the device here: 404
-    if not model_name or not state.cache.find(state.spec_name(model_name), device):
+    if not model_name:
         raise not_found
     try:
         await state.cache.eject(state.spec_name(model_name), device)
@@ -117,26 +91,15 @@ def eject_message(model_name: str, devices: list[str]) -> str:
     return f"successfully eject model_name `{model_name}` from {where}"
 
 
-@fast_get("/device/cpu")
-def cpu_body(state: DaemonState) -> bytes:
-    vm = psutil.virtual_memory()
-    body: MarqoCpu = {
-        "cpu_usage_percent": f"{state.cpu.percent:.1f} %",
-        "memory_used_percent": f"{vm.percent:.1f} %",
-        "memory_used_gb": f"{vm.used / 1e9:.1f}",
-    }
-    return dump_json(body)
-
-
 @router.get("/device/cpu", summary="CPU and memory use (Marqo)")
 async def device_cpu(request: Request) -> Response:
-    return _json(cpu_body(_state(request)))
+    return json_body(views.cpu_body(daemon_state(request)))
 
 
 @router.get("/device/cuda", summary="CUDA devices (Marqo)", responses={
     400: {"description": "no CUDA on this machine"}})
 async def device_cuda(request: Request) -> Response:
-    state = _state(request)
+    state = daemon_state(request)
     await state.torch_ready()
     count = cuda_device_count()
     if count == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,27 +10,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelctl.daemon.app import LISTENER_KEY, json_bytes
+from modelctl.daemon import views
 from modelctl.daemon.devices import cpu_report, cuda_device_count, cuda_reports, parse_device
 from modelctl.daemon.loaders import offline_available, spec_for
 from modelctl.daemon.loaders import precision as precision_module
 from modelctl.daemon.metrics import CONTENT_TYPE
-from modelctl.daemon.state import DaemonState
+from modelctl.daemon.routing import daemon_state, json_body, json_bytes, via_socket
 from modelctl.errors import InvalidArgument, ModelNotInCache, NotFound
 from modelctl.registry import REGISTRY, list_registry
-from modelctl.units import parse_iso, parse_keep_alive
-from modelctl.wire import CacheEntry, DevicesReport, EjectResult, Health
+from modelctl.units import parse_keep_alive
+from modelctl.wire import DevicesReport, EjectResult
 
 router = APIRouter(prefix="/v1", tags=["native"])
 metrics_router = APIRouter(tags=["native"])
-
-
-def _state(request: Request) -> DaemonState:
-    return request.app.state.daemon
-
-
-def _via_socket(request: Request) -> bool:
-    return request.scope.get(LISTENER_KEY) == "unix"
 
 
 def _keep_alive(value: float | str | None) -> float | None | str:
@@ -75,58 +66,33 @@ class ListenerRequest(BaseModel):
 
 @router.get("/health", summary="Liveness and version")
 async def health(request: Request) -> Response:
-    state = _state(request)
-    health: Health = {
-        "status": "ok", "version": state.version, "pid": state.pid,
-        "uptime_s": round(time.monotonic() - state.started, 3),
-        "torch_ready": state.torch_is_ready, "socket": str(state.settings.socket_path),
-        "http": state.http_urls[0] if state.http_urls else None,
-        "listeners": list(state.http_urls),
-        "preload": state.preload_status,
-        "rss_bytes": cpu_report(state.cpu)["process_rss"], "idle_rss_bytes": state.idle_rss,
-    }
-    return json_bytes(health)
-
-
-def openai_model(entry: CacheEntry) -> dict[str, Any]:
-    """A cache entry as an item of OpenAI's model list, with modelctl's fields after.
-
-    ``id`` is the name the model was loaded by (what ``/v1/embeddings`` takes); the
-    same model on two devices is two items with one ``id``.
-    """
-    loaded = entry.get("loaded_at")
-    created = int(parse_iso(loaded).timestamp()) if loaded else 0
-    canonical = str(entry.get("canonical_name") or "")
-    owner = canonical.split("/", 1)[0] if canonical.count("/") == 1 else "modelctl"
-    return {"id": entry["name"], "object": "model", "created": created, "owned_by": owner,
-            **entry}
+    return json_body(views.health_body(daemon_state(request)))
 
 
 @router.get("/models", summary="Loaded models: OpenAI's model list, with full detail")
 async def list_models(request: Request) -> Response:
-    return json_bytes({"object": "list", "data": [
-        openai_model(e.describe()) for e in _state(request).cache.list()]})
+    return json_body(views.models_body(daemon_state(request)))
 
 
 @router.get("/models/{model_id:path}", summary="One loaded model, as OpenAI's model object")
 async def get_model(request: Request, model_id: str) -> Response:
-    state = _state(request)
+    state = daemon_state(request)
     entries = state.loaded_entries(model_id)
     if not entries:
         raise ModelNotInCache(f"The model_name `{model_id}` is not cached or found")
     # The copy used last stands for the model; `devices` lists every copy's device.
     entry = max(entries, key=lambda e: e.last_used)
     # `id` is the id asked for (an alias or the canonical name), as OpenAI's API answers.
-    return json_bytes({**openai_model(entry.describe()), "id": model_id,
+    return json_bytes({**views.openai_model(entry.describe()), "id": model_id,
                        "devices": sorted(e.device for e in entries)})
 
 
 @router.post("/models", summary="Load a model (waits for the load; single-flight)")
 async def load_model(request: Request, body: LoadRequest) -> Response:
-    state = _state(request)
-    via_socket = _via_socket(request)
-    spec = state.variant(spec_for(body.name, body.properties, local_paths=via_socket,
-                                  url_downloads=via_socket or state.settings.allow_url_downloads),
+    state = daemon_state(request)
+    on_socket = via_socket(request)
+    spec = state.variant(spec_for(body.name, body.properties, local_paths=on_socket,
+                                  url_downloads=on_socket or state.settings.allow_url_downloads),
                          body.engine, body.precision)
     if body.device:
         device = parse_device(body.device)
@@ -140,7 +106,7 @@ async def load_model(request: Request, body: LoadRequest) -> Response:
 
 @router.patch("/models", summary="Pin, unpin or change keep-alive of a loaded model")
 async def update_model(request: Request, body: UpdateRequest) -> Response:
-    state = _state(request)
+    state = daemon_state(request)
     device = parse_device(body.device) if body.device else None
     entries = [e for e in state.loaded_entries(body.name)
                if device is None or e.device == device]
@@ -163,7 +129,7 @@ async def eject_model(request: Request, name: str | None = Query(None, max_lengt
                       precision: str | None = Query(None, max_length=8),
                       engine: str | None = Query(None, max_length=8)) -> Response:
     """Every variant of ``name`` unless ``precision``/``engine`` narrow it."""
-    state = _state(request)
+    state = daemon_state(request)
     canonical_device = parse_device(device) if device else None
     if precision is not None or engine is not None:
         precision_module.choose(engine, precision, "torch", "fp32")  # validates both
@@ -198,7 +164,7 @@ async def registry(request: Request, offline: bool = Query(
 
 @router.get("/devices", summary="cpu and cuda devices: memory, use, budgets")
 async def devices(request: Request) -> Response:
-    state = _state(request)
+    state = daemon_state(request)
     held: dict[str, int] = {}
     for entry in state.cache.list():
         held[entry.device] = held.get(entry.device, 0) + entry.held_bytes
@@ -221,8 +187,8 @@ async def devices(request: Request) -> Response:
 
 @router.post("/listeners", summary="Open a TCP listener on the running daemon (socket only)")
 async def add_listener(request: Request, body: ListenerRequest) -> Response:
-    state = _state(request)
-    if not _via_socket(request):
+    state = daemon_state(request)
+    if not via_socket(request):
         raise InvalidArgument("listeners can be opened only over the Unix socket")
     if state.open_listener is None:
         raise InvalidArgument("this daemon cannot open listeners")
@@ -234,8 +200,8 @@ async def add_listener(request: Request, body: ListenerRequest) -> Response:
                                     "(socket only)")
 async def close_listener(request: Request, port: int = Query(ge=1, le=65535),
                          host: str | None = Query(None, max_length=255)) -> Response:
-    state = _state(request)
-    if not _via_socket(request):
+    state = daemon_state(request)
+    if not via_socket(request):
         raise InvalidArgument("listeners can be closed only over the Unix socket")
     if state.close_listener is None:
         raise InvalidArgument("this daemon cannot close listeners")
@@ -253,4 +219,4 @@ async def close_listener(request: Request, port: int = Query(ge=1, le=65535),
 
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
-    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(daemon_state(request).metrics.render(), media_type=CONTENT_TYPE)

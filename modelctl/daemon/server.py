@@ -5,8 +5,15 @@ Order matters here, and each step says why:
 2. bind the Unix socket (and TCP port) *before* importing the web stack or torch, so
    clients can connect at once; connections wait in the backlog until we accept;
 3. write the status file only after the bind, so whoever reads it can connect;
-4. serve, importing torch in the background;
-5. on SIGTERM/SIGINT, remove the status file and socket *first* (a new client sees no
+4. serve before FastAPI is imported: the Listener answers the fast GET routes
+   (views.py: ``/v1/health``, ``/v1/models``, Marqo's ``/models``, ``/device/cpu``,
+   ``/``) from the start, which is all a client that just started the daemon asks
+   before ``ls``; every other request waits for the FastAPI app (``LateApp``), never
+   fails for want of it;
+5. in one background thread (warmup.py), build the FastAPI app, *then* import torch
+   and the loaders: the app is ready in a fraction of a second, torch takes seconds,
+   and requests that need torch await it (``DaemonState.torch_ready``);
+6. on SIGTERM/SIGINT, remove the status file and socket *first* (a new client sees no
    daemon rather than a dying one), then let in-flight requests finish, bounded.
 """
 
@@ -21,7 +28,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelctl import __version__
 from modelctl.config import Settings
@@ -34,6 +41,13 @@ from modelctl.runtime import (
     read_status,
     write_status,
 )
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from modelctl.daemon.listener import LateApp
+    from modelctl.daemon.state import DaemonState
+    from modelctl.daemon.warmup import ImportThread
 
 log = logging.getLogger("modelctl.daemon")
 
@@ -135,14 +149,18 @@ def _run_loop(settings: Settings, unix: socket.socket, tcp: socket.socket | None
 
 
 async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | None) -> int:
-    # Imported here, after the bind: the web stack costs a few hundred milliseconds.
+    # Imported here, after the bind. None of these imports FastAPI or pydantic (half a
+    # second): the app is built in the background as the listeners start (steps 4-5).
+    from modelctl.daemon import views  # noqa: F401  (registers the fast GET routes)
     from modelctl.daemon.access_log import AccessLog
-    from modelctl.daemon.app import Listener, create_app
     from modelctl.daemon.connections import ConnectionCap
+    from modelctl.daemon.listener import Listener
     from modelctl.daemon.state import DaemonState
+    from modelctl.daemon.warmup import ImportThread
 
     state = DaemonState(settings)
-    app = create_app(state)
+    imports = ImportThread("warm-up")
+    app = _app_built_in(imports, state)
     servers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     by_url: dict[str, tuple[Any, asyncio.Task[None]]] = {}
@@ -189,7 +207,7 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
         state.http_urls.append(tcp_url(tcp))
         serve(tcp, "tcp", settings.api_key)
         _warn_if_exposed(settings.http_host, settings.api_key)
-    state.start()
+    state.start(imports)  # builds the app, then imports torch
     log.info("modelctl %s daemon (pid %d) listening on %s%s", __version__, os.getpid(),
              settings.socket_path, "".join(f" and {u}" for u in state.http_urls))
 
@@ -200,6 +218,12 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     watcher = loop.create_task(_keep_socket(settings, lambda sock: serve(sock, "unix", None)))
     await stop.wait()
     watcher.cancel()
+    await _stop(settings, servers, tasks, state)
+    return 0
+
+
+async def _stop(settings: Settings, servers: list[Any], tasks: list[asyncio.Task[None]],
+                state: DaemonState) -> None:
     log.info("stopping: finishing requests in flight (at most %ds)", GRACEFUL_SHUTDOWN_S)
     for path in (settings.status_path, settings.socket_path):
         with contextlib.suppress(FileNotFoundError):
@@ -209,7 +233,25 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
     await asyncio.gather(*tasks, return_exceptions=True)
     await state.close()
     log.info("stopped")
-    return 0
+
+
+def _app_built_in(imports: ImportThread, state: DaemonState) -> LateApp:
+    """The FastAPI app, as ``imports`` will build it (it imports FastAPI); requests that
+    need it before then wait for it."""
+    from modelctl.daemon.listener import LateApp
+
+    def build() -> ASGIApp:
+        from modelctl.daemon.app import create_app
+
+        return create_app(state)
+
+    def log_failure(built: asyncio.Future[ASGIApp]) -> None:
+        if not built.cancelled() and built.exception() is not None:
+            log.error("building the web app failed", exc_info=built.exception())
+
+    built = imports.submit(build)
+    built.add_done_callback(log_failure)
+    return LateApp(built)
 
 
 def _record_http(settings: Settings, urls: list[str]) -> None:

@@ -7,11 +7,8 @@ it is ready; anything that needs torch awaits ``torch_ready()`` first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,19 +17,19 @@ from pathlib import Path
 from modelctl import __version__
 from modelctl.config import PreloadItem, Settings, set_compute_environment
 from modelctl.daemon.budget import Budgets
-from modelctl.daemon.cache import Entry, ModelCache
+from modelctl.daemon.cache import ModelCache
 from modelctl.daemon.devices import CpuSampler, Nvml, cuda_device_count, parse_device
+from modelctl.daemon.entry import Entry
 from modelctl.daemon.images import PixelGate
 from modelctl.daemon.loaders import ModelSpec, precision, spec_for
 from modelctl.daemon.metrics import Metrics
 from modelctl.daemon.threads import ThreadGovernor
+from modelctl.daemon.warmup import ImportThread
 from modelctl.errors import ApiError
 from modelctl.registry import lookup
 from modelctl.wire import PreloadStatus
 
 log = logging.getLogger("modelctl.daemon")
-
-IMPORT_SWITCH_INTERVAL_S = 0.0002
 
 # Present wherever an NVIDIA GPU can be used (the driver's device nodes; WSL's /dev/dxg).
 _NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/gpus",
@@ -77,43 +74,20 @@ class DaemonState:
         self._said_warming_up = False
         self.idle_rss: int | None = None  # RSS once torch is imported, before any model
 
-    def start(self) -> None:
-        """Start background work; call once the socket is bound and the loop runs."""
+    def start(self, imports: ImportThread | None = None) -> None:
+        """Start background work; call once the socket is bound and the loop runs.
+
+        torch is imported in ``imports``, after what was submitted to it before (the
+        daemon's web app, server.py), else in a thread of its own.
+        """
         self.cpu.start()
         self.cache.start()
-        self._torch = self._import_torch_in_background()
+        imports = imports or ImportThread("torch-import")
+        self._torch = imports.submit(_import_torch)
         self._torch.add_done_callback(self._torch_done)
+        imports.start()
         if self.settings.preload:
             asyncio.get_running_loop().create_task(self._preload(self.settings.preload))
-
-    def _import_torch_in_background(self) -> asyncio.Future[None]:
-        # A daemon thread, not the loop's executor: a daemon stopped while torch is
-        # still importing exits at once instead of waiting seconds for the import.
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def settle(exc: BaseException | None) -> None:
-            if not future.done():
-                future.set_result(None) if exc is None else future.set_exception(exc)
-
-        def work() -> None:
-            error: BaseException | None = None
-            # Importing holds the GIL for seconds; at the default 5 ms switch interval
-            # every step of a request the loop serves meanwhile waits that long for it
-            # (the first `ls` after `daemon start` took 0.6 s instead of 0.15 s).
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(IMPORT_SWITCH_INTERVAL_S)
-            try:
-                _import_torch()
-            except BaseException as exc:  # reported through the future
-                error = exc
-            finally:
-                sys.setswitchinterval(interval)
-            with contextlib.suppress(RuntimeError):  # the loop closed first: we are exiting
-                loop.call_soon_threadsafe(settle, error)
-
-        threading.Thread(target=work, name="torch-import", daemon=True).start()
-        return future
 
     def _torch_done(self, future: asyncio.Future[None]) -> None:
         if future.cancelled():

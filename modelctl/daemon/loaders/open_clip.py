@@ -25,8 +25,8 @@ import open_clip
 import torch
 
 from modelctl.daemon.images import as_rgb
-from modelctl.daemon.loaders import is_local_path
 from modelctl.daemon.loaders.base import LoadedModel
+from modelctl.daemon.loaders.references import names_filesystem
 from modelctl.daemon.loaders.weights import (
     require_weights,
     resolve_hub_dir,
@@ -175,7 +175,7 @@ def _locate(spec: ModelSpec, offline: bool) -> tuple[str, str | None]:
         if not filename:
             return f"local-dir:{resolve_hub_dir(repo_id, offline)}", None
         return source, str(resolve_hub_file(repo_id, [filename], offline))
-    if spec.custom and (spec.pretrained is None or is_local_path(spec.pretrained)):
+    if spec.custom and (spec.pretrained is None or names_filesystem(spec.pretrained)):
         return _locate_custom(spec)  # a checkpoint; else an arch and open_clip's tag
     if spec.pretrained is None:
         return source, None
@@ -234,7 +234,7 @@ def _from_checkpoint(spec: ModelSpec) -> bool:
     """A custom model whose weights are one checkpoint file (``localpath``, ``url``,
     ``modelLocation``): Marqo builds its preprocessing from the properties."""
     return spec.custom and bool(spec.extra.get("hf_file") or (
-        spec.pretrained and is_local_path(spec.pretrained)))
+        spec.pretrained and names_filesystem(spec.pretrained)))
 
 
 def _image_size(model: torch.nn.Module) -> int | None:
