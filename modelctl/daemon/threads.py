@@ -54,7 +54,7 @@ def _cores_taken(others: float) -> int:
     return int(others + 0.67)
 
 
-def runnable_elsewhere() -> int | None:
+def runnable_elsewhere(proc: str = "/proc") -> int | None:
     """Tasks of other processes runnable on the machine now (None: the platform won't say).
 
     ``/proc/loadavg``'s fourth field counts every runnable task, this daemon's own
@@ -62,12 +62,12 @@ def runnable_elsewhere() -> int | None:
     read from ``/proc/self/task`` and taken off.
     """
     try:
-        with open("/proc/loadavg", "rb") as f:
+        with open(f"{proc}/loadavg", "rb") as f:
             running = int(f.read().split()[3].split(b"/")[0])
         ours = 0
-        for tid in os.listdir("/proc/self/task"):
+        for tid in os.listdir(f"{proc}/self/task"):
             try:
-                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                with open(f"{proc}/self/task/{tid}/stat", "rb") as f:
                     stat = f.read()
             except OSError:
                 continue  # the thread ended meanwhile
