@@ -163,11 +163,11 @@ def _blockwise_embeddings(model: ModelProto) -> bool:
 
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
-    inputs = {i.name for i in graph.input}
+    users = [name for node in graph.node for name in node.input]
     for index, node in enumerate(graph.node):
         table = weights.get(node.input[0]) if node.op_type == "Gather" else None
         if table is None or len(table.dims) != 2 or table.dims[1] % BLOCK \
-                or "input_ids" not in inputs or node.input[1] != "input_ids":
+                or node.input[1] != "input_ids" or users.count(table.name) != 1:
             continue
         w = numpy_helper.to_array(table)
         blocks = w.reshape(w.shape[0], -1, BLOCK)
@@ -176,15 +176,16 @@ def _blockwise_embeddings(model: ModelProto) -> bool:
         # uint8 with the implied zero point 128: symmetric, as MatMulNBits stores it.
         q = (np.clip(np.rint(blocks / scale[..., None]), -127, 127) + 128).astype(np.uint8)
         name = table.name
+        blockwise = helper.make_node(
+            "GatherBlockQuantized", [f"{name}/q8", node.input[1], f"{name}/scale"],
+            list(node.output), name=f"{node.name}/blockwise", domain="com.microsoft",
+            gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8)
         graph.initializer.remove(table)
         graph.initializer.extend([numpy_helper.from_array(q.reshape(w.shape), f"{name}/q8"),
                                   numpy_helper.from_array(scale.astype(np.float32),
                                                           f"{name}/scale")])
         graph.node.remove(node)
-        graph.node.insert(index, helper.make_node(
-            "GatherBlockQuantized", [f"{name}/q8", node.input[1], f"{name}/scale"],
-            list(node.output), name=f"{node.name}/blockwise", domain="com.microsoft",
-            gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8))
+        graph.node.insert(index, blockwise)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         return True
