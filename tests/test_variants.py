@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelctl.daemon.loaders.texts import CALIBRATION_TEXTS, PROBE_TEXTS
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument, ModelNotInCache
 from tests.support import Daemon, minilm_path
 
@@ -27,6 +28,11 @@ TEXTS = [
     "The central bank held interest rates steady this month.",
     "best noise cancelling headphones for travel",
     "Photosynthesis turns sunlight, water and carbon dioxide into sugar.",
+    # Short and odd ones, where int8 loses most; none is a probe or calibration text.
+    "yes",
+    "Danke schön!",
+    "HTTP 404 page not found",
+    "for x in xs: total += x",
 ]
 # Worst cosine to fp32 each variant must keep (int8 trades the most).
 BOUNDS = {("torch", "bf16"): 0.999, ("onnx", "fp32"): 0.9999, ("onnx", "int8"): 0.99}
@@ -83,6 +89,19 @@ def test_variant_loads_embeds_within_bounds_and_ejects(
     ejected = v.client.eject(MINILM, "cpu", precision=precision, engine=engine)["ejected"]
     assert [(e["engine"], e["precision"]) for e in ejected] == [(engine, precision)]
     assert v.client.list_models() == []
+
+
+def test_int8_keeps_close_to_in_process_fp32(v: Daemon, reference: np.ndarray) -> None:
+    """int8 on the probe set at load, and on texts it was neither probed nor calibrated
+    on, alone and batched: worst cosine to sentence-transformers' fp32 >= 0.99."""
+    assert not set(TEXTS) & (set(PROBE_TEXTS) | set(CALIBRATION_TEXTS))
+    entry = v.client.load_model(MINILM, "cpu", precision="int8")
+    assert entry["accuracy"]["min_cosine"] >= 0.99
+    assert entry["accuracy"]["mean_cosine"] >= 0.995
+    batched = v.client.embed(MINILM, TEXTS, precision="int8")
+    assert _worst(reference, batched) >= 0.99
+    alone = [v.client.embed(MINILM, [text], precision="int8")[0] for text in TEXTS[-4:]]
+    assert _worst(reference[-4:], alone) >= 0.99
 
 
 def test_variant_bytes_reflect_precision(v: Daemon) -> None:
@@ -189,3 +208,31 @@ def test_corrupt_cached_export_is_rebuilt(v: Daemon, reference: np.ndarray) -> N
     assert rebuilt["accuracy"]["min_cosine"] >= 0.9999
     assert _worst(reference, v.client.embed(MINILM, TEXTS, engine="onnx")) >= 0.9999
     assert "fails its checksum" in v.log()
+
+
+def test_int8_graph_of_another_recipe_is_rebuilt(v: Daemon, reference: np.ndarray) -> None:
+    """A cached int8 graph whose manifest records no recipe, or another one (an older
+    modelctl, other calibration texts), is rebuilt; the fp32 export is kept."""
+    from modelctl.daemon.loaders import int8
+
+    graph = _graph(v.client.load_model(MINILM, "cpu", precision="int8"))
+    manifest_path = graph.parent / "manifest.json"
+    fp32 = graph.parent / "model.onnx"
+    exported = fp32.stat().st_mtime_ns
+    assert json.loads(manifest_path.read_text())["recipes"] == {graph.name: int8.identity()}
+    for stale in (None, "an older recipe"):
+        v.client.eject(MINILM)
+        manifest = json.loads(manifest_path.read_text())
+        if stale is None:  # as the int8 of an older modelctl left it
+            del manifest["recipes"]
+        else:
+            manifest["recipes"] = {graph.name: stale}
+        manifest_path.write_text(json.dumps(manifest))  # checksums still match
+        rebuilt = v.client.load_model(MINILM, "cpu", precision="int8")
+        assert rebuilt["onnx"]["exported"] is True and _graph(rebuilt) == graph
+        assert rebuilt["accuracy"]["min_cosine"] >= 0.99
+        assert json.loads(manifest_path.read_text())["recipes"][graph.name] == int8.identity()
+    assert fp32.stat().st_mtime_ns == exported
+    assert _worst(reference, v.client.embed(MINILM, TEXTS, precision="int8")) >= 0.99
+    v.client.eject(MINILM)
+    assert v.client.load_model(MINILM, "cpu", precision="int8")["onnx"]["exported"] is False

@@ -13,11 +13,10 @@ Everything else (tokenizer, length-cut passes, pooling, normalisation) stays the
 loader's own: the exported module replaces the transformer in place, takes the same
 inputs and returns what it returned (``last_hidden_state``).
 
-int8 is ONNX Runtime's dynamic quantisation of that graph with per-channel weights,
-matrix products with constant weights only (attention's activation-by-activation
-products stay fp32), and each layer's feed-forward output projection kept fp32: on
-MiniLM that projection is where int8 loses most (worst cosine to fp32 0.989 with it
-quantised, 0.996 mean and better worst without).
+int8 is that graph with 8-bit matrix products (``int8``: the recipe), calibrated on
+shipped texts run through the loader's own pipeline. The manifest records
+the int8 recipe's identity beside the checksums: a graph built by another recipe, from
+other calibration texts or by another ONNX Runtime is rebuilt, the fp32 export kept.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelctl.daemon.loaders import int8
+from modelctl.daemon.loaders.texts import CALIBRATION_TEXTS
 from modelctl.errors import InvalidArgument
 
 log = logging.getLogger("modelctl.onnx")
 
-RECIPE = 1  # bump when the export or quantisation changes: old graphs are not reused
+RECIPE = 1  # bump when the export changes: old graphs are not reused (int8: int8.identity)
 OPSET = 17
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _MANIFEST = "manifest.json"
@@ -78,6 +80,11 @@ class OnnxTransformer(torch.nn.Module):
                 token_type_ids: torch.Tensor | None = None, **_: Any) -> Any:
         from transformers.modeling_outputs import BaseModelOutput
 
+        hidden = self.run(self.feed(input_ids, attention_mask, token_type_ids))
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
+
+    def feed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+             token_type_ids: torch.Tensor | None) -> dict[str, np.ndarray]:
         given = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids}
         feed = {}
@@ -87,8 +94,29 @@ class OnnxTransformer(torch.nn.Module):
                 value = torch.ones_like(input_ids) if name == "attention_mask" \
                     else torch.zeros_like(input_ids)
             feed[name] = value.cpu().numpy().astype(np.int64, copy=False)
-        hidden = self.session.run(None, feed)[0]
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
+        return feed
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feed)[0]
+
+
+class _Recorder(OnnxTransformer):
+    """A calibration graph in the transformer's place: answers as the fp32 graph does,
+    and keeps each extra output's per-channel ``max|x|`` over real (unpadded) tokens."""
+
+    def __init__(self, graph: Path, config: Any, threads: int, names: list[str]) -> None:
+        super().__init__(graph, config, threads)
+        self.names = names
+        self.maxima: dict[str, np.ndarray] = {}
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        hidden, *extra = self.session.run([self.session.get_outputs()[0].name, *self.names],
+                                          feed)
+        real = feed.get("attention_mask", np.ones_like(feed["input_ids"])).astype(bool)
+        for name, value in zip(self.names, extra, strict=True):
+            top = np.abs(value[real]).max(axis=0)
+            self.maxima[name] = np.maximum(self.maxima.get(name, top), top)
+        return hidden
 
 
 def transformer_slot(root: Any) -> tuple[Any, str, torch.nn.Module]:
@@ -116,8 +144,20 @@ def install(loaded: Any, precision: str, cache_dir: Path, threads: int) -> Graph
         raise InvalidArgument("engine onnx needs ONNX Runtime, which is not installed: "
                               "pip install 'modelctl[onnx]'") from exc
     owner, attr, module = transformer_slot(loaded)
+
+    def calibrate(graph: Path, names: list[str]) -> dict[str, np.ndarray]:
+        # The loader's own pipeline (tokenizer, passes) around a recording graph; the
+        # model is not serving yet, so borrowing its slot races with nothing.
+        recorder = _Recorder(graph, module.config, threads, names)
+        setattr(owner, attr, recorder)
+        try:
+            loaded.encode_texts(list(CALIBRATION_TEXTS), None)
+        finally:
+            setattr(owner, attr, module)
+        return recorder.maxima
+
     try:
-        graph = cached_graph(module, precision, cache_dir)
+        graph = cached_graph(module, precision, cache_dir, calibrate)
         session = OnnxTransformer(graph.path, module.config, threads)
     except (RuntimeError, ValueError, OSError) as exc:
         # Export of an architecture the exporter cannot trace, a full disk, a graph
@@ -128,25 +168,45 @@ def install(loaded: Any, precision: str, cache_dir: Path, threads: int) -> Graph
     return graph
 
 
-def cached_graph(module: torch.nn.Module, precision: str, cache_dir: Path) -> Graph:
+Calibrate = Callable[[Path, list[str]], dict[str, np.ndarray]]
+
+
+def cached_graph(module: torch.nn.Module, precision: str, cache_dir: Path,
+                 calibrate: Calibrate) -> Graph:
+    """The graph of ``module`` in ``precision``, from the cache or built now.
+
+    ``calibrate(graph, names)`` runs the calibration texts through ``graph`` and returns
+    each named output's per-channel ``max|x|`` (int8 only).
+    """
     digest = weights_digest(module)
     directory = cache_dir / "onnx" / digest
     with _export_lock:
         manifest = _read_manifest(directory)
         name = _GRAPH[precision]
-        if manifest is not None and _intact(directory, manifest, name):
+        # Beyond the export: what else a graph depends on (int8's recipe), or None.
+        recipe = int8.identity() if precision == "int8" else None
+        recipes = dict(manifest.get("recipes") or {}) if manifest is not None else {}
+        current = recipes.get(name) == recipe
+        if current and _intact(directory, manifest, name):
             return Graph(directory / name, False, digest)
         if manifest is not None and name in manifest["files"]:
-            log.warning("cached ONNX export %s fails its checksum: rebuilding it", directory)
+            if current:
+                log.warning("cached ONNX export %s fails its checksum: rebuilding it",
+                            directory)
+            else:
+                log.info("cached %s in %s was built by another recipe: rebuilding it",
+                         name, directory)
         files = manifest["files"] if manifest is not None else {}
         if not _intact(directory, manifest, _GRAPH["fp32"]):
-            files = {}
+            files, recipes = {}, {}
             _export(module, directory)
             files[_GRAPH["fp32"]] = _sha256(directory / _GRAPH["fp32"])
         if precision == "int8":
-            _quantize(directory / _GRAPH["fp32"], directory / name)
+            _quantize(directory / _GRAPH["fp32"], directory / name, calibrate)
             files[name] = _sha256(directory / name)
-        _write_manifest(directory, {"recipe": RECIPE, "digest": digest, "files": files})
+            recipes[name] = recipe
+        _write_manifest(directory, {"recipe": RECIPE, "digest": digest, "files": files,
+                                    "recipes": recipes})
         return Graph(directory / name, True, digest)
 
 
@@ -193,17 +253,12 @@ def _export(module: torch.nn.Module, directory: Path) -> None:
             os.replace(written, directory / written.name)
 
 
-def _quantize(source: Path, target: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    keep_fp32 = [node.name for node in onnx.load(str(source), load_external_data=False)
-                 .graph.node if node.op_type == "MatMul" and "/output/dense" in node.name
-                 and "attention" not in node.name]
+def _quantize(source: Path, target: Path, calibrate: Calibrate) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        probe = Path(scratch) / "calibration.onnx"
+        maxima = calibrate(probe, int8.calibration_graph(source, probe))
         partial = Path(scratch) / target.name
-        quantize_dynamic(source, partial, per_channel=True, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=keep_fp32, extra_options={"MatMulConstBOnly": True})
+        int8.build(source, partial, maxima)
         os.replace(partial, target)
 
 

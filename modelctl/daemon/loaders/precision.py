@@ -13,9 +13,9 @@ are one table a user can read in the docs.
   refused with 400 when a client asks for it (``precision``, ``--precision``). Marqo's
   own spellings (``fp16/*`` names, ``properties.precision: "fp16"``) run as fp32 on
   cpu instead, as in Marqo, and the entry carries a warning saying so.
-- ``int8`` runs on cpu through ONNX Runtime's dynamic quantisation (per-channel
-  weights); torch's own dynamic quantisation loses too much (a worst cosine of 0.92 to
-  fp32 on MiniLM), so int8 means engine ``onnx``. VNNI makes it faster; AVX2 runs it.
+- ``int8`` runs on cpu through ONNX Runtime (``int8``: smoothed dynamic quantisation,
+  uint8 per-channel weights); torch's own dynamic quantisation loses too much (a worst
+  cosine of 0.92 to fp32 on MiniLM), so int8 means engine ``onnx``. AVX2 runs it.
 - engine ``onnx`` runs text models (sbert, hf) on cpu in fp32 or int8.
 """
 

@@ -8,8 +8,9 @@ into the variant a load asked for, whatever its family:
   there and vectors stay close to fp32's.
 - onnx fp32 / int8: the transformer swapped for its ONNX graph (``onnx_engine``).
 
-Before it changes anything, ``apply`` embeds a fixed probe set in fp32, and after,
-in the variant; the cosines between the two are the entry's ``accuracy``: what a user
+Before it changes anything, ``apply`` embeds a fixed probe set (``texts.PROBE_TEXTS``:
+32 varied texts, none of them int8's calibration texts) in fp32, and after, in the
+variant; the cosines between the two are the entry's ``accuracy``: what a user
 trades for the speed, measured on this model, not promised.
 """
 
@@ -27,32 +28,12 @@ import torch
 
 from modelctl.daemon.loaders import onnx_engine
 from modelctl.daemon.loaders.base import LoadedModel
+from modelctl.daemon.loaders.texts import PROBE_TEXTS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from modelctl.registry import ModelSpec
-
-# Short and long, plain and odd: a variant's worst case shows on the odd ones.
-PROBE_TEXTS = (
-    "A man is playing a guitar on stage.",
-    "The quarterly report shows revenue grew by twelve percent.",
-    "How do I reset my password?",
-    "Photosynthesis converts light energy into chemical energy stored in glucose.",
-    "cheap flights to lisbon in march",
-    "The cat sat quietly on the warm windowsill, watching the rain fall on the garden "
-    "while the kettle began to whistle in the kitchen.",
-    "def add(a, b): return a + b",
-    "Der schnelle braune Fuchs springt über den faulen Hund.",
-    "Error 503: service temporarily unavailable, retry after 30 seconds",
-    "red running shoes size 42",
-    "What is the capital of Australia?",
-    "Interest rates were left unchanged as inflation eased toward the target.",
-    "The mitochondria is the powerhouse of the cell.",
-    "A quiet street at night, lit by a single lamp.",
-    "Install the package, then run the tests before you open a pull request.",
-    "Symptoms include fever, cough and fatigue lasting more than a week.",
-)
 
 
 class VariantModel(LoadedModel):
