@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from modelctl.client import Client, image_data_uri  # noqa: E402
-from modelctl.errors import ApiError  # noqa: E402
-from tests.support import (  # noqa: E402
+from modelctl.client import Client, image_data_uri
+from modelctl.errors import ApiError
+from modelctl.testing import (
     MINILM,
     Daemon,
     cosine,

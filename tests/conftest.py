@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, free_port, make_tiny_clip
+from modelctl.testing import Daemon, free_port, make_tiny_clip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from modelctl.client import Client
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     counter,

@@ -26,7 +26,9 @@ import pytest
 
 from modelctl.cli.completion.responder import SOURCES, file_options
 from modelctl.cli.completion.tree import TREE
-from tests.support import MINILM, REPO, Daemon, base_env
+from modelctl.testing import MINILM, Daemon, base_env
+
+REPO = Path(__file__).resolve().parent.parent
 
 BIN = Path(sys.executable).parent
 CLIP = "org/tiny:clip"

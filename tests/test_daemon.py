@@ -22,7 +22,7 @@ from modelctl.errors import (
     InvalidArgument,
     NotFound,
 )
-from tests.support import MINILM, Daemon, cosine, minilm_path, png_bytes
+from modelctl.testing import MINILM, Daemon, cosine, minilm_path, png_bytes
 
 SENTENCES = ["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog.",
              "modelctl keeps one copy of each model in memory."]

@@ -21,7 +21,7 @@ import pytest
 from modelctl.client import Client
 from modelctl.config import Limits, Settings
 from modelctl.errors import InvalidArgument
-from tests.support import MINILM, Daemon, minilm_path
+from modelctl.testing import MINILM, Daemon, minilm_path
 
 _WORDS = ("cache daemon model vector memory sentence river night coffee window garden "
           "music quick brown fox jumps lazy dog client server batch token").split()

@@ -24,7 +24,7 @@ import pytest
 
 from modelctl.client import Client
 from modelctl.errors import ApiError, InvalidArgument
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     base_env,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from modelctl.errors import ApiError, CacheManagementError, InvalidArgument, PayloadTooLarge
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     cosine,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import MINILM, Daemon, free_port, make_tiny_clip, png_bytes
+from modelctl.testing import MINILM, Daemon, free_port, make_tiny_clip, png_bytes
 
 CLIP = "hostile-clip"
 LISTENERS = ("unix", "tcp")

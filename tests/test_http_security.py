@@ -11,7 +11,7 @@ import pytest
 
 from modelctl.client import Client
 from modelctl.errors import InvalidArgument, Unauthorized
-from tests.support import Daemon, free_port, minilm_path
+from modelctl.testing import Daemon, free_port, minilm_path
 
 KEY = "s3cret-key-for-modelctl-7f1e"
 UNAUTHORIZED = {"message": "missing or wrong API key: send it as x-api-key or "

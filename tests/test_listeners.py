@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, base_env, free_port
+from modelctl.testing import Daemon, base_env, free_port
 
 KEY = "listener-test-key-8d1f"
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from modelctl import __version__
-from tests.support import Daemon, free_port
+from modelctl.testing import Daemon, free_port
 
 VENV_ROOT = Path("/tmp/modelctl-test-venvs")
 MARQO_2 = "2.1.0"    # the last 2.x: the calls live on Client, eject_model(name, device)

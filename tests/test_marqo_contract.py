@@ -27,7 +27,7 @@ from modelctl import __version__
 from modelctl.client import Client
 from modelctl.daemon.routes_marqo import eject_message
 from modelctl.errors import DaemonNotRunning
-from tests.support import MINILM, Daemon, free_port, modelctl_exe
+from modelctl.testing import MINILM, Daemon, free_port, modelctl_exe
 
 NOT_CACHED_404 = {"message": "The model_name `ViT-L/14` device `cuda` is not cached or found",
                   "code": "model_not_in_cache", "type": "invalid_request", "link": None}

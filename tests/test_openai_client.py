@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support import MINILM, Daemon, free_port, minilm_path
+from modelctl.testing import MINILM, Daemon, free_port, minilm_path
 
 SENTENCES = ["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog.",
              "modelctl keeps one copy of each model in memory.", "Ünïcödé, too — why not?"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, free_port, minilm_path
+from modelctl.testing import Daemon, free_port, minilm_path
 
 REPO_ID = "sentence-transformers/all-MiniLM-L12-v2"  # the registry's all-MiniLM-L12-v2
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

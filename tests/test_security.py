@@ -29,7 +29,7 @@ import pytest
 from modelctl.client import Client
 from modelctl.config import Settings
 from modelctl.errors import DaemonError, InvalidArgument
-from tests.support import MINILM, TINY_CLIP_CONFIG, Daemon, free_port, make_tiny_clip
+from modelctl.testing import MINILM, TINY_CLIP_CONFIG, Daemon, free_port, make_tiny_clip
 
 KEY = "s3cret-key-" + os.urandom(8).hex()
 WRONG = "s3cret-key-" + os.urandom(8).hex()  # same length and prefix: only the tail differs

@@ -26,7 +26,7 @@ from modelctl.cli import output
 from modelctl.cli.models import ENTRY_COLUMNS, ENTRY_DROP, freed_note
 from modelctl.client import Client
 from modelctl.errors import DaemonNotRunning
-from tests.support import MINILM, Daemon, base_env
+from modelctl.testing import MINILM, Daemon, base_env
 
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LONG = "a-rather-long-model-name-that-people-give/custom-tiny-clip-for-tests"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument, ModelNotInCache
-from tests.support import Daemon, minilm_path
+from modelctl.testing import Daemon, minilm_path
 
 MINILM = "all-MiniLM-L6-v2"
 TEXTS = [
