@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,11 +132,18 @@ def test_thread_governor_trusts_the_instant_count_when_it_says_less() -> None:
 
 
 def test_runnable_elsewhere_leaves_out_this_process() -> None:
-    # This process's one busy thread is runnable while it asks; it is not counted.
+    # This process's one busy thread is runnable while it asks; it is not counted. Other
+    # processes' load comes and goes (other test workers, other work on the machine): the
+    # count must reach at most one at some instant within a few seconds of asking.
     counts = [runnable_elsewhere() for _ in range(20)]
     assert all(c is None or c >= 0 for c in counts)
-    if counts[0] is not None:
-        assert min(c for c in counts if c is not None) <= 1
+    if counts[0] is None:
+        return
+    deadline = time.monotonic() + 10
+    while min(c for c in counts if c is not None) > 1 and time.monotonic() < deadline:
+        counts.append(runnable_elsewhere())
+        assert counts[-1] is not None and counts[-1] >= 0
+    assert min(c for c in counts if c is not None) <= 1
 
 
 def test_marqos_fp16_is_fp32_on_cpu_and_fp16_on_cuda() -> None:
