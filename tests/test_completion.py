@@ -64,12 +64,13 @@ def home() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_clip: dict[str, Any]) -> Iterator[Daemon]:
-    """A daemon with two models loaded, one under a name with '/' and ':'."""
-    with Daemon() as d:
-        d.client.load_model(MINILM, "cpu")
-        d.client.load_model(CLIP, "cpu", properties=tiny_clip)
-        yield d
+def served(daemon: Daemon, tiny_clip: dict[str, Any]) -> Iterator[Daemon]:
+    """The shared daemon with two models loaded, one under a name with '/' and ':'."""
+    daemon.client.eject(all=True, force=True)
+    daemon.client.load_model(MINILM, "cpu")
+    daemon.client.load_model(CLIP, "cpu", properties=tiny_clip)
+    yield daemon
+    daemon.client.eject(all=True, force=True)
 
 
 @pytest.fixture
