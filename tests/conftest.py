@@ -37,10 +37,10 @@ SAME_WORKER = {"tests/test_cluster.py": "ray", "tests/test_cluster_nodes.py": "r
                **{f"tests/{name}.py": "keyed" for name in (
                    "test_http_security", "test_listeners", "test_marqo_clients",
                    "test_openai_client", "test_security")}}
-# The longest modules (measured on two cores), handed out first so none starts last.
-LONGEST_FIRST = ["test_cluster_nodes.py", "test_cluster.py", "test_hostile_clients.py",
-                 "test_faults.py", "test_daemon_lifecycle_edges.py", "test_gpu_check.py",
-                 "test_daemon.py", "test_pull.py", "test_preload.py", "test_embeddings.py"]
+# The longest modules (measured on two busy cores), handed out first so none starts last.
+LONGEST_FIRST = ["test_hostile_clients.py", "test_faults.py", "test_cluster_nodes.py",
+                 "test_cluster.py", "test_daemon.py", "test_pull.py", "test_embeddings.py",
+                 "test_budgets.py", "test_gpu_check.py", "test_security.py"]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
