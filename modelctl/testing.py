@@ -4,7 +4,7 @@ modelctl's own test suite, its benchmarks (``bench/``) and its GPU report
 (``scripts/gpu_report.py``) drive modelctl through this module, and so can the tests of
 a program that uses modelctl::
 
-    from modelctl.testing import MINILM, Daemon
+    from modelctl.testing import MINILM, Daemon, free_port
 
     with Daemon(http_port=free_port()) as d:    # `modelctl daemon start`, temp runtime dir
         d.client.load_model(MINILM, "cpu")      # modelctl.Client on its socket

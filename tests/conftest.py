@@ -14,6 +14,7 @@ a client sends may ever reach Ghostscript (test_hostile_host.py checks the marke
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -31,8 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The suite runs on pytest-xdist workers (pyproject's addopts), a whole module to a worker
 # so that its module-scoped daemon starts once. The two Ray modules share one worker, one
-# after the other: each starts a Ray cluster of several processes on this machine.
-# And so do the modules that use the keyed daemon, so that it starts once.
+# after the other: each starts a Ray cluster of several processes on this machine. The
+# modules that use the keyed daemon share one too, so that it starts once.
 SAME_WORKER = {"tests/test_cluster.py": "ray", "tests/test_cluster_nodes.py": "ray",
                **{f"tests/{name}.py": "keyed" for name in (
                    "test_http_security", "test_listeners", "test_marqo_clients",
@@ -135,7 +136,8 @@ def keyed_daemon() -> Iterator[Daemon]:
         d.wait_torch()
         yield d
     finally:
-        d.__exit__()
+        d.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _restore(d: Daemon) -> None:
@@ -166,5 +168,8 @@ def clean_daemon(daemon: Daemon) -> Iterator[Daemon]:
 
 
 @pytest.fixture
-def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+def runtime_dir() -> Iterator[Path]:
+    """A runtime dir of the test's own, short enough for a socket path; removed after."""
+    path = Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
