@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support import MINILM, Daemon, minilm_path  # noqa: E402
+from modelctl.testing import MINILM, Daemon, minilm_path
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:

@@ -34,17 +34,14 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.embed_throughput import make_sentences  # noqa: E402
-from tests.ray_support import RayCluster  # noqa: E402
-from tests.support import MINILM, Daemon, free_port  # noqa: E402
+from embed_throughput import make_sentences  # noqa: E402
+
+from modelctl.testing import MINILM, Daemon, RayCluster, free_port  # noqa: E402
 
 TARGETS = {"overhead": 0.7, "routing": 0.95}
 COPY = {"name": MINILM, "type": "sbert", "dimensions": 384}

@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support import MINILM, Daemon, base_env  # noqa: E402
+from modelctl.testing import MINILM, Daemon, base_env
 
 TARGET_MS = 150.0
 LINES = ["modelctl l", "modelctl eject ", f"modelctl eject {MINILM} --device ",

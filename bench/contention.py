@@ -31,17 +31,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.embed_throughput import drive, make_sentences, request_bytes  # noqa: E402
-from tests.support import MINILM, Daemon, minilm_path  # noqa: E402
+from embed_throughput import drive, make_sentences, request_bytes  # noqa: E402
+
+from modelctl.testing import MINILM, Daemon, minilm_path  # noqa: E402
 
 SPIN = "while True: pass"
 

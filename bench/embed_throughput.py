@@ -38,19 +38,16 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# The daemon runs with this too (tests.support.base_env): the same tokenizer on both sides.
+# The daemon runs with this too (modelctl.testing.base_env): the same tokenizer on both sides.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from tests.support import MINILM, Daemon, free_port, minilm_path  # noqa: E402
+from modelctl.testing import MINILM, Daemon, free_port, minilm_path  # noqa: E402
 
 TARGETS = {"c32": 0.75, "b64": 0.9, "latency": 1.3}
 _WORDS = ("the a one cat dog model cache daemon memory vector sentence embedding quick brown "

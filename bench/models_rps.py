@@ -26,9 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support import Daemon, free_port  # noqa: E402
+from modelctl.testing import Daemon, free_port
 
 TARGET = 0.8
 

@@ -33,11 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from modelctl.client import Client  # noqa: E402
-from modelctl.errors import ApiError  # noqa: E402
-from tests.support import (  # noqa: E402
+from modelctl.client import Client
+from modelctl.errors import ApiError
+from modelctl.testing import (
     MINILM,
     Daemon,
     daemon_rss,

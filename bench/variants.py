@@ -44,24 +44,21 @@ import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-
-from bench.corpus import DOCUMENTS, QUERIES  # noqa: E402
-from bench.embed_throughput import (  # noqa: E402
+from corpus import DOCUMENTS, QUERIES  # noqa: E402
+from embed_throughput import (  # noqa: E402
     drive,
     request_bytes,
     vectors_of,
 )
-from tests.support import MINILM, Daemon, minilm_path  # noqa: E402
+
+from modelctl.testing import MINILM, Daemon, minilm_path  # noqa: E402
 
 VARIANTS = {  # (engine, precision): (speed target, worst cosine, top-10 overlap)
     ("torch", "bf16"): (1.6, 0.999, None),

@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from modelctl.client import Client, image_data_uri  # noqa: E402
-from modelctl.errors import ApiError  # noqa: E402
-from tests.support import (  # noqa: E402
+from modelctl.client import Client, image_data_uri
+from modelctl.errors import ApiError
+from modelctl.testing import (
     MINILM,
     Daemon,
     cosine,
@@ -109,11 +107,11 @@ def _mem(fig: dict[str, Any]) -> str:
     return f"torch_allocated={fig.get('torch_allocated')} memory_used={fig.get('memory_used')}"
 
 
-def section_budget(device: str, props: dict[str, Any]) -> None:
+def section_budget(probe: Daemon, device: str, props: dict[str, Any]) -> None:
     print(f"\n== budget eviction on {device}")
-    probe = Daemon(env={"MODELCTL_DEVICE": device})
-    with probe:
-        size_entry = probe.client.load_model("budget-a", device, properties=props)
+    # The model's size, measured by a load on the daemon already running.
+    size_entry = probe.client.load_model("budget-a", device, properties=props)
+    probe.client.eject("budget-a", device)
     size = size_entry["device_bytes"] if device != "cpu" else size_entry["bytes"]
     var = "MODELCTL_MAX_CPU_MEMORY" if device == "cpu" else "MODELCTL_MAX_CUDA_MEMORY"
     with Daemon(env={var: str(int(size * 2.5))}) as d:
@@ -234,7 +232,7 @@ def main() -> int:
             section_fp16(d, device, clip_props, image)
         if not args.skip_throughput:
             section_throughput(d, device, args.seconds)
-    section_budget(device, big_props)
+        section_budget(d, device, big_props)
     print(f"\n{len(FAILURES)} failed checks; {time.perf_counter() - started:.0f}s")
     for failure in FAILURES:
         print(f"  FAILED: {failure}")

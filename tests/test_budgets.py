@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.client import Client
 from modelctl.errors import CacheManagementError
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     counter,

@@ -1,7 +1,7 @@
 """The cache against a real daemon: keep-alive, eject (one, all, concurrent) and memory
 that really comes back to the OS.
 
-One daemon for the module, with its cpu budget from ``MODELCTL_MAX_CPU_MEMORY``.
+The shared daemon, with its cpu budget from ``MODELCTL_MAX_CPU_MEMORY``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from modelctl.client import Client
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     counter,
@@ -31,16 +30,10 @@ LONG_BATCH = [f"request {i}: " + "a long sentence that keeps the model busy " * 
               for i in range(64)]
 
 
-@pytest.fixture(scope="module")
-def cache_daemon() -> Iterator[Daemon]:
-    with Daemon(env={"MODELCTL_MAX_CPU_MEMORY": "6GiB"}) as d:
-        yield d
-
-
 @pytest.fixture
-def d(cache_daemon: Daemon) -> Iterator[Daemon]:
-    yield cache_daemon
-    cache_daemon.client.eject(all=True, force=True)
+def d(clean_daemon: Daemon) -> Daemon:
+    """The shared daemon (``MODELCTL_MAX_CPU_MEMORY=6GiB``: conftest.py), emptied."""
+    return clean_daemon
 
 
 @pytest.fixture(scope="module")

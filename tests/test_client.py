@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,9 @@ from modelctl.errors import (
     Unauthorized,
     Unprocessable,
 )
-from tests.support import MINILM, REPO, Daemon, free_port
+from modelctl.testing import MINILM, Daemon, free_port
+
+REPO = Path(__file__).resolve().parent.parent
 
 KEY = "client-test-key-0b77"
 HF_MINILM = "hf/all-MiniLM-L6-v2"

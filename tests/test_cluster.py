@@ -8,20 +8,19 @@ busy machine); each test starts from an empty fleet. Every replica has a cpu bud
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import tests.ray_support  # noqa: F401  (sets Ray's environment before ray is imported)
+from modelctl.client import Client
+from modelctl.errors import CacheManagementError
+from modelctl.testing import MINILM, RAY_LOOPBACK_ENV, RayCluster, wait_for
 
+os.environ.update(RAY_LOOPBACK_ENV)  # Ray reads it when it is imported
 pytest.importorskip("ray.serve")
-
-from modelctl.client import Client  # noqa: E402
-from modelctl.errors import CacheManagementError  # noqa: E402
-from tests.ray_support import RayCluster, wait_for  # noqa: E402
-from tests.support import MINILM  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

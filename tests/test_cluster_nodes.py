@@ -9,17 +9,16 @@ eject on one node or all, and a node going away.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
 
-import tests.ray_support  # noqa: F401  (sets Ray's environment before ray is imported)
+from modelctl.client import Client
+from modelctl.testing import MINILM, RAY_LOOPBACK_ENV, RayCluster, wait_for
 
+os.environ.update(RAY_LOOPBACK_ENV)  # Ray reads it when it is imported
 pytest.importorskip("ray.serve")
-
-from modelctl.client import Client  # noqa: E402
-from tests.ray_support import RayCluster, wait_for  # noqa: E402
-from tests.support import MINILM  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

@@ -26,7 +26,9 @@ import pytest
 
 from modelctl.cli.completion.responder import SOURCES, file_options
 from modelctl.cli.completion.tree import TREE
-from tests.support import MINILM, REPO, Daemon, base_env
+from modelctl.testing import MINILM, Daemon, base_env
+
+REPO = Path(__file__).resolve().parent.parent
 
 BIN = Path(sys.executable).parent
 CLIP = "org/tiny:clip"
@@ -62,12 +64,13 @@ def home() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_clip: dict[str, Any]) -> Iterator[Daemon]:
-    """A daemon with two models loaded, one under a name with '/' and ':'."""
-    with Daemon() as d:
-        d.client.load_model(MINILM, "cpu")
-        d.client.load_model(CLIP, "cpu", properties=tiny_clip)
-        yield d
+def served(daemon: Daemon, tiny_clip: dict[str, Any]) -> Iterator[Daemon]:
+    """The shared daemon with two models loaded, one under a name with '/' and ':'."""
+    daemon.client.eject(all=True, force=True)
+    daemon.client.load_model(MINILM, "cpu")
+    daemon.client.load_model(CLIP, "cpu", properties=tiny_clip)
+    yield daemon
+    daemon.client.eject(all=True, force=True)
 
 
 @pytest.fixture

@@ -22,21 +22,14 @@ from modelctl.errors import (
     InvalidArgument,
     NotFound,
 )
-from tests.support import MINILM, Daemon, cosine, minilm_path, png_bytes
+from modelctl.testing import MINILM, Daemon, cosine, png_bytes
 
 SENTENCES = ["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog.",
              "modelctl keeps one copy of each model in memory."]
 
 
-@pytest.fixture(scope="module")
-def reference_minilm() -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(minilm_path(), device="cpu")
-
-
 def test_cli_load_ls_embed_eject_default_model(clean_daemon: Daemon,
-                                               reference_minilm: Any) -> None:
+                                               minilm_reference: Any) -> None:
     d = clean_daemon
     loaded = json.loads(d.cli("load", MINILM, "--device", "cpu", "--json", check=True).stdout)
     assert loaded["state"] == "ready" and loaded["dimensions"] == 384
@@ -48,7 +41,7 @@ def test_cli_load_ls_embed_eject_default_model(clean_daemon: Daemon,
     out = d.cli("embed", MINILM, *SENTENCES, check=True).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2]
-    expected = reference_minilm.encode(SENTENCES)
+    expected = minilm_reference.encode(SENTENCES)
     for row, want in zip(rows, expected, strict=True):
         assert len(row["embedding"]) == 384
         assert cosine(row["embedding"], want) > 0.9999
@@ -69,12 +62,12 @@ def test_aliases_share_one_entry_and_devices_canonicalise(clean_daemon: Daemon) 
                                                  "model_device": "cpu"}]}
 
 
-def test_openai_shape_and_usage(clean_daemon: Daemon, reference_minilm: Any) -> None:
+def test_openai_shape_and_usage(clean_daemon: Daemon, minilm_reference: Any) -> None:
     reply = clean_daemon.client.embeddings(MINILM, SENTENCES[0], device="cpu")
     assert list(reply) == ["object", "data", "model", "usage"]
     assert reply["object"] == "list" and reply["model"] == MINILM
     assert reply["data"][0]["object"] == "embedding" and reply["data"][0]["index"] == 0
-    want = len(reference_minilm.tokenizer(SENTENCES[0])["input_ids"])
+    want = len(minilm_reference.tokenizer(SENTENCES[0])["input_ids"])
     assert reply["usage"] == {"prompt_tokens": want, "total_tokens": want}
     b64 = clean_daemon.client.embeddings(MINILM, [SENTENCES[0]], encoding_format="base64")
     raw = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
@@ -158,7 +151,7 @@ def test_failed_load_leaves_no_entry_and_every_waiter_gets_the_error(
 def test_eject_waits_for_in_flight_embeddings(clean_daemon: Daemon) -> None:
     c = clean_daemon.client
     c.load_model(MINILM, "cpu")
-    batch = [f"sentence number {i} " * 20 for i in range(256)]
+    batch = [f"sentence number {i} " * 20 for i in range(64)]
     results: list[Any] = []
     barrier = threading.Barrier(9)
 
@@ -173,12 +166,13 @@ def test_eject_waits_for_in_flight_embeddings(clean_daemon: Daemon) -> None:
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(embed, i) for i in range(8)]
         barrier.wait()
-        deadline = time.monotonic() + 10
-        while sum(m["in_flight"] for m in c.list_models()) < 8 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while sum(m["in_flight"] for m in c.list_models()) < 8:
+            assert time.monotonic() < deadline, "the 8 requests were never in flight at once"
             time.sleep(0.01)
         ejected = c.eject(MINILM, "cpu")
         results = [f.result() for f in futures]
-    assert results == [256] * 8
+    assert results == [64] * 8
     assert ejected["ejected"][0]["name"] == MINILM
     assert c.list_models() == []
 

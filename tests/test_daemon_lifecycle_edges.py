@@ -17,7 +17,7 @@ from pathlib import Path
 from modelctl.client import Client
 from modelctl.daemon.server import GRACEFUL_SHUTDOWN_S
 from modelctl.runtime import STOP_TIMEOUT_S
-from tests.support import MINILM, Daemon, base_env, counter, modelctl_exe
+from modelctl.testing import MINILM, Daemon, base_env, counter, modelctl_exe
 
 
 def _proc_state(pid: int) -> str | None:

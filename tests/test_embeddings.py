@@ -21,7 +21,7 @@ import pytest
 from modelctl.client import Client
 from modelctl.config import Limits, Settings
 from modelctl.errors import InvalidArgument
-from tests.support import MINILM, Daemon, minilm_path
+from modelctl.testing import MINILM, Daemon, minilm_path
 
 _WORDS = ("cache daemon model vector memory sentence river night coffee window garden "
           "music quick brown fox jumps lazy dog client server batch token").split()
@@ -31,13 +31,6 @@ def texts(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 40)))
             for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def reference() -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(minilm_path(), device="cpu")
 
 
 @pytest.fixture
@@ -75,7 +68,7 @@ def model_calls(client: Client) -> float:
 
 
 def test_concurrent_requests_of_mixed_sizes_each_get_their_own_vectors(
-        minilm: Daemon, reference: Any) -> None:
+        minilm: Daemon, minilm_reference: Any) -> None:
     rng = random.Random(7)
     requests = [texts(rng.choice([1, 1, 2, 3, 8, 17, 33]), seed) for seed in range(40)]
     clients = [minilm.client, minilm.http_client()]
@@ -91,7 +84,7 @@ def test_concurrent_requests_of_mixed_sizes_each_get_their_own_vectors(
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(send, range(len(requests))))
     everything = [t for request in requests for t in request]
-    want = reference.encode(everything, batch_size=32)
+    want = minilm_reference.encode(everything, batch_size=32)
     start = 0
     for request, got in zip(requests, results, strict=True):
         assert_same_vectors(got, want[start:start + len(request)])
@@ -99,7 +92,7 @@ def test_concurrent_requests_of_mixed_sizes_each_get_their_own_vectors(
 
 
 def test_concurrent_single_text_requests_share_model_calls(minilm: Daemon,
-                                                           reference: Any) -> None:
+                                                           minilm_reference: Any) -> None:
     sentences = texts(32, seed=100)
     before = model_calls(minilm.client)
     barrier = threading.Barrier(32)
@@ -112,7 +105,7 @@ def test_concurrent_single_text_requests_share_model_calls(minilm: Daemon,
         results = list(pool.map(send, sentences))
     calls = model_calls(minilm.client) - before
     assert 1 <= calls < 32, f"{calls} model calls for 32 requests: nothing was batched"
-    assert_same_vectors(np.concatenate(results), reference.encode(sentences))
+    assert_same_vectors(np.concatenate(results), minilm_reference.encode(sentences))
 
 
 def test_float_and_base64_carry_the_same_float32s(minilm: Daemon) -> None:
@@ -126,7 +119,7 @@ def test_float_and_base64_carry_the_same_float32s(minilm: Daemon) -> None:
     assert floats["usage"] == packed["usage"]
 
 
-def test_normalize_follows_the_model_unless_asked(minilm: Daemon, reference: Any) -> None:
+def test_normalize_follows_the_model_unless_asked(minilm: Daemon, minilm_reference: Any) -> None:
     sentence = ["The daemon keeps one copy of each model in memory."]
 
     def norm(**kwargs: Any) -> float:
@@ -139,18 +132,18 @@ def test_normalize_follows_the_model_unless_asked(minilm: Daemon, reference: Any
     raw = norm(normalize=False)
     assert abs(raw - 1.0) > 0.1  # the pooled vector, before the model's Normalize
     unit = vectors(minilm.client.embeddings(MINILM, sentence, normalize=False))[0] / raw
-    assert_same_vectors(unit[None], reference.encode(sentence))
+    assert_same_vectors(unit[None], minilm_reference.encode(sentence))
 
 
 def test_long_texts_are_truncated_as_the_library_does_and_usage_counts_tokens(
-        minilm: Daemon, reference: Any) -> None:
+        minilm: Daemon, minilm_reference: Any) -> None:
     long_text = " ".join(texts(60, seed=5))  # ~1200 words, far past 256 tokens
     short = ["hello world", "a cat"]
     reply = minilm.client.embeddings(MINILM, [long_text, *short])
-    assert_same_vectors(vectors(reply), reference.encode([long_text, *short]))
+    assert_same_vectors(vectors(reply), minilm_reference.encode([long_text, *short]))
     # Tokens used, special ones included: 256 of the long text (MiniLM's max_seq_length),
     # then [CLS] hello world [SEP] and [CLS] a cat [SEP].
-    assert reference.max_seq_length == 256
+    assert minilm_reference.max_seq_length == 256
     want = 256 + 4 + 4
     assert reply["usage"] == {"prompt_tokens": want, "total_tokens": want}
 
@@ -199,7 +192,7 @@ def small_queue() -> Iterator[Daemon]:
 
 
 def test_full_queue_answers_429_and_the_daemon_recovers(small_queue: Daemon,
-                                                        reference: Any) -> None:
+                                                        minilm_reference: Any) -> None:
     batch = texts(64, seed=11)  # each request keeps the model busy for a while
     barrier = threading.Barrier(12)
 
@@ -214,7 +207,7 @@ def test_full_queue_answers_429_and_the_daemon_recovers(small_queue: Daemon,
         replies = list(pool.map(send, range(12)))
     statuses = sorted(status for status, _ in replies)
     assert 429 in statuses and 200 in statuses and set(statuses) == {200, 429}, statuses
-    want = reference.encode(batch)
+    want = minilm_reference.encode(batch)
     for status, data in replies:
         body = json.loads(data)
         if status == 429:
@@ -237,7 +230,7 @@ def test_max_queue_comes_from_the_environment() -> None:
             Settings.from_env({"MODELCTL_MAX_QUEUE": bad})
 
 
-def test_cli_embed_stdin_to_npy_matches_in_process_encode(minilm: Daemon, reference: Any,
+def test_cli_embed_stdin_to_npy_matches_in_process_encode(minilm: Daemon, minilm_reference: Any,
                                                           tmp_path: Path) -> None:
     lines = texts(150, seed=21) + ["Ünïcödé text, with — punctuation!"]
     stdin = "\n".join(lines[:75]) + "\n\n   \n" + "\n".join(lines[75:]) + "\n"  # blanks skipped
@@ -247,11 +240,11 @@ def test_cli_embed_stdin_to_npy_matches_in_process_encode(minilm: Daemon, refere
     assert proc.stdout == ""  # the matrix goes to the file; the summary to stderr
     matrix = np.load(out)
     assert matrix.dtype == np.float32 and matrix.shape == (len(lines), 384)
-    assert_same_vectors(matrix, reference.encode(lines))
+    assert_same_vectors(matrix, minilm_reference.encode(lines))
 
 
 def test_hf_family_pools_and_normalizes_like_the_library(daemon: Daemon,
-                                                         reference: Any) -> None:
+                                                         minilm_reference: Any) -> None:
     # MiniLM's weights as a plain transformers model plus mean pooling (Marqo's "hf"
     # family, like e5): unit vectors by default, the same ones its sbert modules make.
     name = "minilm-as-hf"
@@ -261,9 +254,9 @@ def test_hf_family_pools_and_normalizes_like_the_library(daemon: Daemon,
         sentences = texts(40, seed=31)
         reply = daemon.client.embeddings(name, sentences)
         got = vectors(reply)
-        assert_same_vectors(got, reference.encode(sentences))
+        assert_same_vectors(got, minilm_reference.encode(sentences))
         assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-        want = sum(len(ids) for ids in reference.tokenizer(sentences)["input_ids"])
+        want = sum(len(ids) for ids in minilm_reference.tokenizer(sentences)["input_ids"])
         assert reply["usage"]["prompt_tokens"] == want
         raw = vectors(daemon.client.embeddings(name, sentences[:3], normalize=False))
         assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-2)

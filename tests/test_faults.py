@@ -23,7 +23,7 @@ import pytest
 
 from modelctl.client import Client
 from modelctl.errors import ApiError, DaemonNotRunning, InvalidArgument
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     TINY_CLIP_CONFIG,
     Daemon,

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.errors import CacheManagementError
-from tests.support import MINILM, Daemon, cosine, make_tiny_clip, png_bytes, wide_clip_config
+from modelctl.testing import MINILM, Daemon, cosine, make_tiny_clip, png_bytes, wide_clip_config
 
 pytestmark = pytest.mark.gpu
 

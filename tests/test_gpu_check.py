@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, base_env
+from modelctl.testing import base_env
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _has_cuda() -> bool:

@@ -24,7 +24,7 @@ import pytest
 
 from modelctl.client import Client
 from modelctl.errors import ApiError, InvalidArgument
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     base_env,
@@ -37,14 +37,12 @@ from tests.support import (
 
 
 @pytest.fixture(scope="module")
-def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(http_port=free_port())
-    d.start()
-    try:
-        d.client.load_model(MINILM, "cpu")
-        yield d
-    finally:
-        d.stop()
+def busy(daemon: Daemon) -> Iterator[Daemon]:
+    """The shared daemon with MiniLM loaded, and nothing else, for this module."""
+    daemon.client.eject(all=True, force=True)
+    daemon.client.load_model(MINILM, "cpu")
+    yield daemon
+    daemon.client.eject(all=True, force=True)
 
 
 def metric(d: Daemon, name: str, model: str | None = None) -> float:
@@ -207,8 +205,9 @@ def test_a_huge_request_does_not_hold_up_a_small_one(busy: Daemon) -> None:
     finished: list[str] = []
 
     def big() -> None:
+        # 512 inputs of about 60 tokens: four full batches, seconds of work on any cpu.
         Client(socket_path=busy.socket_path).embed(MINILM,
-                                                   [f"{i} {LONG[:600]}" for i in range(512)])
+                                                   [f"{i} {LONG[:300]}" for i in range(512)])
         finished.append("big")
 
     worker = threading.Thread(target=big)
@@ -231,13 +230,11 @@ def test_long_texts_share_a_pass_and_are_read_to_the_token_limit(busy: Daemon) -
     assert cosine(vectors[3], prefix) > 0.9999
 
 
-def test_tokenised_once_vectors_match_sentence_transformers(busy: Daemon) -> None:
-    from sentence_transformers import SentenceTransformer
-
+def test_tokenised_once_vectors_match_sentence_transformers(busy: Daemon,
+                                                            minilm_reference: Any) -> None:
     texts = ["short", "a somewhat longer sentence about caches", LONG, "x " * 300, "ü ñ 漢字"]
     ours = busy.client.embed(MINILM, texts)
-    model = SentenceTransformer(minilm_path(), device="cpu")
-    reference = model.encode(texts)
+    reference = minilm_reference.encode(texts)
     for mine, theirs in zip(ours, reference, strict=True):
         assert cosine(mine, theirs.tolist()) > 0.99999
 
@@ -439,16 +436,16 @@ def test_a_bad_daemon_knob_breaks_only_the_daemon(busy: Daemon, var: str, value:
     assert not other.alive()
 
 
-def test_a_deleted_socket_comes_back(runtime_dir: Path) -> None:
-    with Daemon(runtime_dir) as d:
-        d.client.close()
-        (runtime_dir / "modelctl.sock").unlink()
-        deadline = time.monotonic() + 30
-        while not (runtime_dir / "modelctl.sock").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        proc = d.cli("daemon", "status", "--json")
-        assert proc.returncode == 0 and json.loads(proc.stdout)["pid"] == d.pid
+def test_a_deleted_socket_comes_back(busy: Daemon) -> None:
+    busy.client.close()
+    busy.socket_path.unlink()
+    deadline = time.monotonic() + 30
+    while not busy.socket_path.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc = busy.cli("daemon", "status", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["pid"] == busy.pid
+    assert busy.client.list_models()[0]["name"] == MINILM  # the same daemon, its cache kept
 
 
 def test_metric_labels_are_bounded(busy: Daemon, tmp_path: Path) -> None:

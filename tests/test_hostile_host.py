@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +22,11 @@ from typing import Any
 import pytest
 
 from modelctl.errors import ApiError, CacheManagementError, InvalidArgument, PayloadTooLarge
-from tests.support import (
+from modelctl.testing import (
     MINILM,
     Daemon,
     cosine,
     daemon_rss,
-    free_port,
     make_tiny_clip,
     minilm_path,
     png_bytes,
@@ -70,32 +68,15 @@ class Watchdog:
         self._thread.join()
 
 
-def fake_gs(directory: Path) -> Path:
-    """A ``gs`` that leaves a marker file when anything runs it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    marker = directory / "gs-ran"
-    script = directory / "gs"
-    script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return marker
-
-
 @pytest.fixture(scope="module")
-def gs_marker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fake_gs(tmp_path_factory.mktemp("fake-gs"))
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory, gs_marker: Path) -> Iterator[Daemon]:
+def host(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The shared daemon (a fake ``gs`` on its PATH: conftest's ``gs_marker``) with a tiny
+    CLIP loaded, and nothing else, for this module."""
     props = make_tiny_clip(tmp_path_factory.mktemp("host-clip"), arch="host-tiny")
-    path = f"{gs_marker.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    d = Daemon(http_port=free_port(), env={"PATH": path})
-    d.start()
-    try:
-        d.client.load_model(CLIP, "cpu", properties=props)
-        yield d
-    finally:
-        d.stop()
+    daemon.client.eject(all=True, force=True)
+    daemon.client.load_model(CLIP, "cpu", properties=props)
+    yield daemon
+    daemon.client.eject(all=True, force=True)
 
 
 def uri(data: bytes, kind: str = "png") -> str:

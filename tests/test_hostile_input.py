@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import MINILM, Daemon, free_port, make_tiny_clip, png_bytes
+from modelctl.testing import MINILM, Daemon, make_tiny_clip, png_bytes
 
 CLIP = "hostile-clip"
 LISTENERS = ("unix", "tcp")
@@ -31,16 +31,14 @@ DETAIL_KEYS = ["detail", "code", "type", "link"]
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def hostile(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The shared daemon with MiniLM and a tiny CLIP loaded, for this module."""
     props = make_tiny_clip(tmp_path_factory.mktemp("hostile-clip"), arch="hostile-tiny")
-    d = Daemon(http_port=free_port())
-    d.start()
-    try:
-        d.client.load_model(MINILM, "cpu")
-        d.client.load_model(CLIP, "cpu", properties=props)
-        yield d
-    finally:
-        d.stop()
+    daemon.client.eject(all=True, force=True)
+    daemon.client.load_model(MINILM, "cpu")
+    daemon.client.load_model(CLIP, "cpu", properties=props)
+    yield daemon
+    daemon.client.eject(all=True, force=True)
 
 
 @pytest.fixture(scope="module")

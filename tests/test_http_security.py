@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from modelctl.client import Client
 from modelctl.errors import InvalidArgument, Unauthorized
-from tests.support import Daemon, free_port, minilm_path
+from modelctl.testing import Daemon, free_port, minilm_path
 
-KEY = "s3cret-key-for-modelctl-7f1e"
 UNAUTHORIZED = {"message": "missing or wrong API key: send it as x-api-key or "
                            "Authorization: Bearer",
                 "code": "unauthorized", "type": "invalid_request", "link": None}
-
-
-@pytest.fixture(scope="module")
-def keyed() -> Iterator[Daemon]:
-    with Daemon(http_port=free_port(), api_key=KEY) as d:
-        yield d
 
 
 def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, str, bytes]:
@@ -39,32 +32,37 @@ ROUTES = ["/models", "/device/cpu", "/", "/v1/models", "/v1/health", "/metrics",
           "/openapi.json", "/docs", "/no/such/route"]
 
 
+Headers = Callable[[str], dict[str, str]]  # the headers a client sends, given the key
+
+
 @pytest.mark.parametrize("path", ROUTES)
 @pytest.mark.parametrize("headers", [
-    {},
-    {"x-api-key": "wrong"},
-    {"x-api-key": KEY[:-1]},                    # a prefix of the key
-    {"x-api-key": KEY + "x"},
-    {"Authorization": f"Bearer {KEY[:-1]}"},
-    {"Authorization": KEY},                     # no scheme
-    {"Authorization": f"Basic {KEY}"},
-    {"x-api-key": "", "Authorization": f"Bearer {KEY}"},  # an empty x-api-key is a wrong key
+    lambda k: {},
+    lambda k: {"x-api-key": "wrong"},
+    lambda k: {"x-api-key": k[:-1]},                   # a prefix of the key
+    lambda k: {"x-api-key": k + "x"},
+    lambda k: {"Authorization": f"Bearer {k[:-1]}"},
+    lambda k: {"Authorization": k},                    # no scheme
+    lambda k: {"Authorization": f"Basic {k}"},
+    lambda k: {"x-api-key": "", "Authorization": f"Bearer {k}"},  # empty x-api-key: wrong
 ], ids=["none", "wrong", "prefix", "longer", "bearer-prefix", "no-scheme", "basic", "empty"])
 def test_tcp_without_the_right_key_is_401_json(keyed: Daemon, path: str,
-                                               headers: dict[str, str]) -> None:
-    status, content_type, raw = get(keyed.http_port or 0, path, headers)
+                                               headers: Headers) -> None:
+    assert keyed.api_key is not None
+    status, content_type, raw = get(keyed.http_port or 0, path, headers(keyed.api_key))
     assert (status, content_type) == (401, "application/json")
     assert raw == json.dumps(UNAUTHORIZED, separators=(",", ":")).encode()
 
 
 @pytest.mark.parametrize("path", ["/models", "/device/cpu", "/v1/models", "/v1/health"])
 @pytest.mark.parametrize("headers", [
-    {"x-api-key": KEY},
-    {"Authorization": f"Bearer {KEY}"},
-    {"Authorization": f"bearer {KEY}"},
+    lambda k: {"x-api-key": k},
+    lambda k: {"Authorization": f"Bearer {k}"},
+    lambda k: {"Authorization": f"bearer {k}"},
 ], ids=["x-api-key", "bearer", "bearer-lowercase"])
-def test_tcp_with_the_key_answers(keyed: Daemon, path: str, headers: dict[str, str]) -> None:
-    status, content_type, raw = get(keyed.http_port or 0, path, headers)
+def test_tcp_with_the_key_answers(keyed: Daemon, path: str, headers: Headers) -> None:
+    assert keyed.api_key is not None
+    status, content_type, raw = get(keyed.http_port or 0, path, headers(keyed.api_key))
     assert (status, content_type) == (200, "application/json")
     assert json.loads(raw)
 
@@ -80,8 +78,8 @@ def test_socket_needs_no_key_and_the_log_never_shows_it(keyed: Daemon) -> None:
     keyed.cli("ls", check=True)
     keyed.cli("daemon", "status", check=True)
     log = keyed.log()
-    assert log and KEY not in log
-    assert KEY not in (keyed.runtime_dir / "modelctl.json").read_text()
+    assert keyed.api_key and log and keyed.api_key not in log
+    assert keyed.api_key not in (keyed.runtime_dir / "modelctl.json").read_text()
 
 
 def test_a_listener_opened_with_a_key_requires_it(keyed: Daemon) -> None:
@@ -89,7 +87,7 @@ def test_a_listener_opened_with_a_key_requires_it(keyed: Daemon) -> None:
     other_key = "second-listener-key-91ab"
     keyed.client.add_listener(port, api_key=other_key)
     assert get(port, "/models", {})[0] == 401
-    assert get(port, "/models", {"x-api-key": KEY})[0] == 401  # each listener its own key
+    assert get(port, "/models", {"x-api-key": keyed.api_key or ""})[0] == 401  # its own key
     assert get(port, "/models", {"x-api-key": other_key})[0] == 200
     assert other_key not in keyed.log()
 
@@ -147,13 +145,14 @@ def test_non_loopback_without_a_key_warns(keyed: Daemon) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "without an API key" in proc.stderr and f"0.0.0.0:{port}" in proc.stderr
     assert "0.0.0.0 without an API key" in keyed.log()
-    # With a key (MODELCTL_API_KEY, as the keyed daemon's environment has it): no warning,
-    # and the new listener asks for it.
+    # With a key (from MODELCTL_API_KEY): no warning, and the new listener asks for it.
+    assert keyed.api_key is not None
     port = free_port()
-    proc = keyed.cli("serve", "--http", str(port), "--host", "0.0.0.0", timeout=60)
+    proc = keyed.cli("serve", "--http", str(port), "--host", "0.0.0.0", timeout=60,
+                     env={"MODELCTL_API_KEY": keyed.api_key})
     assert proc.returncode == 0 and "API key" not in proc.stderr, proc.stderr
     assert get(port, "/models", {})[0] == 401
-    assert get(port, "/models", {"x-api-key": KEY})[0] == 200
+    assert get(port, "/models", {"x-api-key": keyed.api_key})[0] == 200
 
 
 def test_loopback_is_the_default_bind(daemon: Daemon) -> None:

@@ -17,20 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import Daemon, base_env, free_port
-
-KEY = "listener-test-key-8d1f"
-
-
-@pytest.fixture(scope="module")
-def keyed() -> Iterator[Daemon]:
-    with Daemon(http_port=free_port(), api_key=KEY) as d:
-        yield d
+from modelctl.testing import Daemon, base_env, free_port
 
 
 def get(port: int, path: str, key: str | None = None) -> int:
@@ -63,35 +52,37 @@ def test_serve_on_a_port_the_daemon_serves_says_so(keyed: Daemon) -> None:
 
 
 def test_status_lists_every_listener_and_one_closes(keyed: Daemon) -> None:
+    key = keyed.api_key or ""
     second = free_port()
-    assert keyed.cli("serve", "--http", str(second), "--api-key", KEY).returncode == 0
+    assert keyed.cli("serve", "--http", str(second), "--api-key", key).returncode == 0
     url2 = f"http://127.0.0.1:{second}"
     assert keyed.client.health()["listeners"] == [keyed.url, url2]
     status = keyed.cli("daemon", "status", check=True).stdout
     http_rows = [line.split()[1] for line in status.splitlines() if line.startswith("http")]
     assert http_rows == [keyed.url, url2]
-    assert get(second, "/models", KEY) == 200
+    assert get(second, "/models", key) == 200
 
     closed = keyed.cli("daemon", "close-listener", str(second), check=True)
     assert closed.stdout.strip() == f"closed {url2}"
     assert f"still listening on {keyed.url}" in closed.stderr
     assert refused(second)
-    assert get(keyed.http_port or 0, "/models", KEY) == 200  # the other one stays
+    assert get(keyed.http_port or 0, "/models", key) == 200  # the other one stays
     assert keyed.client.health()["listeners"] == [keyed.url]
     status_file = json.loads((keyed.runtime_dir / "modelctl.json").read_text())
     assert status_file["http"] == keyed.url and keyed.alive()
 
 
 def test_closing_the_first_listener_updates_the_status_file(keyed: Daemon) -> None:
+    key = keyed.api_key or ""
     extra = free_port()
-    keyed.cli("serve", "--http", str(extra), "--api-key", KEY, check=True)
+    keyed.cli("serve", "--http", str(extra), "--api-key", key, check=True)
     keyed.cli("daemon", "close-listener", str(keyed.http_port), check=True)
     try:
         assert keyed.client.health()["http"] == f"http://127.0.0.1:{extra}"
         assert json.loads((keyed.runtime_dir / "modelctl.json").read_text())["http"] == \
             f"http://127.0.0.1:{extra}"
     finally:  # put the module's listener back
-        keyed.cli("serve", "--http", str(keyed.http_port), "--api-key", KEY, check=True)
+        keyed.cli("serve", "--http", str(keyed.http_port), "--api-key", key, check=True)
         keyed.cli("daemon", "close-listener", str(extra), check=True)
     assert keyed.client.health()["listeners"] == [keyed.url]
 
@@ -104,13 +95,14 @@ def test_closing_a_port_not_served_is_a_clear_error(keyed: Daemon) -> None:
 
 
 def test_listeners_close_only_over_the_socket(keyed: Daemon) -> None:
+    key = keyed.api_key or ""
     conn = http.client.HTTPConnection("127.0.0.1", keyed.http_port, timeout=30)
     conn.request("DELETE", f"/v1/listeners?port={keyed.http_port}",
-                 headers={"x-api-key": KEY})
+                 headers={"x-api-key": key})
     resp = conn.getresponse()
     assert resp.status == 400 and b"only over the Unix socket" in resp.read()
     conn.close()
-    assert get(keyed.http_port or 0, "/", KEY) == 200
+    assert get(keyed.http_port or 0, "/", key) == 200
 
 
 _ACCESS = re.compile(r"^\S+ \S+ INFO modelctl\.access: 127\.0\.0\.1:\d+ "
@@ -122,19 +114,21 @@ def access_lines(log: str) -> list[tuple[str, str, str]]:
 
 
 def test_every_tcp_request_is_logged_without_the_key(keyed: Daemon) -> None:
+    key = keyed.api_key or ""
+    earlier = len(keyed.log())  # the lines of this test only: the daemon is shared
     marker = f"/no/such/route/{time.monotonic_ns()}"
-    assert get(keyed.http_port or 0, "/models", KEY) == 200
+    assert get(keyed.http_port or 0, "/models", key) == 200
     assert get(keyed.http_port or 0, "/device/cpu", "wrong-key") == 401
-    assert get(keyed.http_port or 0, f"{marker}?secret=1", KEY) == 404
+    assert get(keyed.http_port or 0, f"{marker}?secret=1", key) == 404
     keyed.client.list_models()  # over the socket: not an access-log line
     deadline = time.monotonic() + 10
     while marker not in keyed.log() and time.monotonic() < deadline:
         time.sleep(0.1)
-    lines = access_lines(keyed.log())
+    lines = access_lines(keyed.log()[earlier:])
     assert ("GET", "/models", "200") in lines
     assert ("GET", "/device/cpu", "401") in lines
     assert ("GET", marker, "404") in lines  # the path, never the query string
-    assert KEY not in keyed.log() and "secret=1" not in keyed.log()
+    assert key and key not in keyed.log() and "secret=1" not in keyed.log()
     assert not any(path == "/v1/models" for _, path, _ in lines)
 
 

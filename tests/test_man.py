@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from modelctl import cli, config
-from tests.support import REPO
+
+REPO = Path(__file__).resolve().parent.parent
 
 PAGE = REPO / "man" / "modelctl.1"
 BIN = Path(sys.executable).parent

@@ -12,20 +12,18 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelctl import __version__
-from tests.support import Daemon, free_port
+from modelctl.testing import Daemon
 
 VENV_ROOT = Path("/tmp/modelctl-test-venvs")
 MARQO_2 = "2.1.0"    # the last 2.x: the calls live on Client, eject_model(name, device)
 MARQO_3 = "3.18.2"   # the newest 3.x: the calls live on mq.index(...), eject_model(name)
 HF_MINILM = "hf/all-MiniLM-L6-v2"
-KEY = "marqo-client-key-5d0c2e"
 
 SCRIPT = r'''
 import importlib.metadata
@@ -153,12 +151,6 @@ def test_marqo_client_calls(clean_daemon: Daemon, marqo_version: str) -> None:
         assert result["version_seen"] == __version__
 
 
-@pytest.fixture(scope="module")
-def keyed() -> Iterator[Daemon]:
-    with Daemon(http_port=free_port(), api_key=KEY) as d:
-        yield d
-
-
 def test_marqo_client_sends_the_api_key(keyed: Daemon, marqo_version: str,
                                         tiny_clip: dict[str, Any]) -> None:
     keyed.client.load_model("tiny-clip", "cpu", properties=tiny_clip)
@@ -169,11 +161,11 @@ def test_marqo_client_sends_the_api_key(keyed: Daemon, marqo_version: str,
         assert denied[call] == unauthorized, call
     assert [m["name"] for m in keyed.client.list_models()] == ["tiny-clip"]
 
-    result = run_marqo(marqo_version, keyed.url, "tiny-clip", key=KEY)
+    result = run_marqo(marqo_version, keyed.url, "tiny-clip", key=keyed.api_key or "")
     assert result["loaded"] == {"ok": {"models": [{"model_name": "tiny-clip",
                                                    "model_device": "cpu"}]}}
     check_cpu(result)
     assert result["cuda"] == NO_CUDA
     assert result["eject"]["ok"]["result"] == "success"
     assert result["loaded_after"] == {"ok": {"models": []}}
-    assert KEY not in keyed.log()
+    assert keyed.api_key and keyed.api_key not in keyed.log()

@@ -19,7 +19,7 @@ import pytest
 
 from modelctl.daemon import loaders
 from modelctl.errors import InvalidArgument
-from tests.support import TINY_CLIP_CONFIG, make_tiny_clip, minilm_path
+from modelctl.testing import TINY_CLIP_CONFIG, make_tiny_clip, minilm_path
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -27,7 +27,7 @@ from modelctl import __version__
 from modelctl.client import Client
 from modelctl.daemon.routes_marqo import eject_message
 from modelctl.errors import DaemonNotRunning
-from tests.support import MINILM, Daemon, free_port, modelctl_exe
+from modelctl.testing import MINILM, Daemon, free_port, modelctl_exe
 
 NOT_CACHED_404 = {"message": "The model_name `ViT-L/14` device `cuda` is not cached or found",
                   "code": "model_not_in_cache", "type": "invalid_request", "link": None}
@@ -365,12 +365,14 @@ def test_both_start_paths_answer_the_same_bytes(daemon: Daemon, served: Served) 
         assert theirs == (ours[0], ours[2])
 
 
-def test_serve_http_while_a_daemon_runs_joins_it(tiny_clip: dict[str, Any]) -> None:
+def test_serve_http_while_a_daemon_runs_joins_it(clean_daemon: Daemon,
+                                                tiny_clip: dict[str, Any]) -> None:
     """One daemon, one cache: ``serve --http`` makes the running daemon listen on TCP."""
-    with Daemon() as d:
+    d = clean_daemon
+    port, other = free_port(), free_port()
+    try:
         pid = d.pid
         d.client.load_model("tiny-clip", "cpu", properties=tiny_clip)
-        port, other = free_port(), free_port()
         proc = d.cli("serve", "--http", str(port), timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert f"pid {pid}" in proc.stderr and f"http://127.0.0.1:{port}" in proc.stderr
@@ -401,3 +403,7 @@ def test_serve_http_while_a_daemon_runs_joins_it(tiny_clip: dict[str, Any]) -> N
         over_tcp.close()
         assert over_tcp.get_cpu_info()["cpu_usage_percent"].endswith(" %")
         assert Path(d.socket_path).exists()
+    finally:  # the shared daemon keeps only the listener it started with
+        for opened in (port, other):
+            if f"http://127.0.0.1:{opened}" in d.client.health()["listeners"]:
+                d.client.close_listener(opened)

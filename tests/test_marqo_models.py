@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from modelctl.errors import CacheManagementError, InvalidArgument
-from tests.support import Daemon, minilm_path
+from modelctl.testing import Daemon, minilm_path
 
 LONG = " ".join(["the daemon keeps one copy of every model it loads in memory"] * 40)
 TEXTS = ["hello world", "A cat sat on the mat.", LONG, "query planning for vector search"]

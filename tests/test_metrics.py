@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelctl.errors import ApiError
-from tests.support import Daemon
+from modelctl.testing import Daemon
 
 BUDGET = 30 * 10**6
 

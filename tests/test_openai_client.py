@@ -15,17 +15,10 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support import MINILM, Daemon, free_port, minilm_path
+from modelctl.testing import MINILM, Daemon
 
 SENTENCES = ["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog.",
              "modelctl keeps one copy of each model in memory.", "Ünïcödé, too — why not?"]
-
-
-@pytest.fixture(scope="module")
-def reference() -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(minilm_path(), device="cpu")
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 
 def test_default_client_gets_base64_and_the_right_vectors(client: openai.OpenAI,
-                                                          reference: Any) -> None:
+                                                          minilm_reference: Any) -> None:
     raw = client.embeddings.with_raw_response.create(model=MINILM, input=SENTENCES)
     wire = json.loads(raw.http_response.content)
     # The client's default request: base64 on the wire, floats in its hands.
@@ -50,7 +43,7 @@ def test_default_client_gets_base64_and_the_right_vectors(client: openai.OpenAI,
     assert [item.index for item in reply.data] == list(range(len(SENTENCES)))
     got = np.array([item.embedding for item in reply.data], dtype=np.float32)
     assert got.shape == (len(SENTENCES), 384)
-    assert float(cosines(got, reference.encode(SENTENCES)).min()) > 0.9999
+    assert float(cosines(got, minilm_reference.encode(SENTENCES)).min()) > 0.9999
     assert reply.usage.prompt_tokens == reply.usage.total_tokens > len(SENTENCES) * 2
 
 
@@ -61,12 +54,12 @@ def test_float_and_base64_round_trip_to_the_same_vectors(client: openai.OpenAI) 
                           np.array([d.embedding for d in floats.data], dtype=np.float32))
 
 
-def test_single_string_input_and_extra_fields(client: openai.OpenAI, reference: Any) -> None:
+def test_single_string_input_and_extra_fields(client: openai.OpenAI, minilm_reference: Any) -> None:
     # user and dimensions are OpenAI's; the daemon ignores what it does not support.
     reply = client.embeddings.create(model=MINILM, input=SENTENCES[0], user="tests")
     assert len(reply.data) == 1
     got = np.array([reply.data[0].embedding], dtype=np.float32)
-    assert float(cosines(got, reference.encode(SENTENCES[:1]))[0]) > 0.9999
+    assert float(cosines(got, minilm_reference.encode(SENTENCES[:1]))[0]) > 0.9999
 
 
 def test_errors_reach_the_client_with_the_contract_body(client: openai.OpenAI) -> None:
@@ -77,15 +70,15 @@ def test_errors_reach_the_client_with_the_contract_body(client: openai.OpenAI) -
     assert isinstance(body, dict) and body["code"] == "invalid_argument"
 
 
-def test_api_key_is_the_clients_bearer_token(reference: Any) -> None:
-    with Daemon(http_port=free_port(), api_key="s3cret") as d:
-        d.client.load_model(MINILM, "cpu")  # the Unix socket needs no key
-        base = f"{d.url}/v1"
-        good = openai.OpenAI(base_url=base, api_key="s3cret", max_retries=0)
-        reply = good.embeddings.create(model=MINILM, input=SENTENCES[:2])
-        got = np.array([item.embedding for item in reply.data], dtype=np.float32)
-        assert float(cosines(got, reference.encode(SENTENCES[:2])).min()) > 0.9999
-        bad = openai.OpenAI(base_url=base, api_key="guess", max_retries=0)
-        with pytest.raises(openai.AuthenticationError) as caught:
-            bad.embeddings.create(model=MINILM, input=["x"])
-        assert caught.value.status_code == 401
+def test_api_key_is_the_clients_bearer_token(keyed: Daemon, minilm_reference: Any) -> None:
+    d = keyed
+    d.client.load_model(MINILM, "cpu")  # the Unix socket needs no key
+    base = f"{d.url}/v1"
+    good = openai.OpenAI(base_url=base, api_key=d.api_key, max_retries=0)
+    reply = good.embeddings.create(model=MINILM, input=SENTENCES[:2])
+    got = np.array([item.embedding for item in reply.data], dtype=np.float32)
+    assert float(cosines(got, minilm_reference.encode(SENTENCES[:2])).min()) > 0.9999
+    bad = openai.OpenAI(base_url=base, api_key="guess", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        bad.embeddings.create(model=MINILM, input=["x"])
+    assert caught.value.status_code == 401

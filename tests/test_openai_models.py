@@ -10,8 +10,8 @@ from __future__ import annotations
 import openai
 import pytest
 
+from modelctl.testing import MINILM, Daemon
 from modelctl.units import parse_iso
-from tests.support import MINILM, Daemon
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import MINILM, Daemon
+from modelctl.testing import MINILM, Daemon
 
 
 def wait_preloaded(d: Daemon, timeout: float = 120) -> list[dict[str, Any]]:

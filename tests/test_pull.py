@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, free_port, minilm_path
+from modelctl.testing import Daemon, free_port, minilm_path
 
 REPO_ID = "sentence-transformers/all-MiniLM-L12-v2"  # the registry's all-MiniLM-L12-v2
+NEVER_PULLED = ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")  # name, repo
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -134,6 +135,15 @@ def hub(model_files: dict[str, bytes]) -> Iterator[FakeHub]:
     fake.close()
 
 
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon with no network and a Hugging Face cache of its own (``HF_HOME``), empty
+    but for what a test pulls into it."""
+    hf_home = tmp_path_factory.mktemp("offline") / "hf"
+    with Daemon(env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}) as d:
+        yield d
+
+
 def pull(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "modelctl", "pull", *args],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -148,28 +158,31 @@ def online_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
 
 
 def test_pull_fetches_a_registry_model_that_then_loads_offline(
-        tmp_path: Path, hub: FakeHub, model_files: dict[str, bytes]) -> None:
-    env = online_env(tmp_path, hub.url)
+        tmp_path: Path, hub: FakeHub, model_files: dict[str, bytes], offline: Daemon) -> None:
+    hf_home = Path(offline.env["HF_HOME"])  # where the offline daemon looks
+    env = {**online_env(tmp_path, hub.url), "HF_HOME": str(hf_home)}
     result = pull("all-MiniLM-L12-v2", "--json", env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["repo"] == REPO_ID and report["files"] == len(model_files)
     assert report["bytes"] == sum(len(d) for d in model_files.values())
     snapshot = Path(report["path"])
-    assert snapshot.is_relative_to(tmp_path / "hf" / "hub")
+    assert snapshot.is_relative_to(hf_home / "hub")
     for name, data in model_files.items():  # byte for byte what the hub served
         assert (snapshot / name).read_bytes() == data
     assert any(r.startswith("GET /api/models/" + REPO_ID) for r in hub.requests)
     assert not (tmp_path / "rt" / "modelctl.sock").exists()  # pull loads nothing
 
     # A daemon with no network finds the weights in that cache, loads and embeds.
-    with Daemon(env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}) as d:
-        entry = d.client.load_model("all-MiniLM-L12-v2", "cpu")
+    entry = offline.client.load_model("all-MiniLM-L12-v2", "cpu")
+    try:
         assert entry["dimensions"] == 384
-        [vector] = d.client.embed("all-MiniLM-L12-v2", ["pulled, then loaded offline"])
+        [vector] = offline.client.embed("all-MiniLM-L12-v2", ["pulled, then loaded offline"])
         assert len(vector) == 384
-        registry = {r["name"]: r for r in d.client.registry()}
+        registry = {r["name"]: r for r in offline.client.registry()}
         assert registry[REPO_ID]["available_offline"] is True
+    finally:
+        offline.client.eject("all-MiniLM-L12-v2")
 
 
 def test_pull_shows_progress_and_a_summary(tmp_path: Path, hub: FakeHub) -> None:
@@ -226,12 +239,12 @@ def test_pull_of_an_open_clip_tag_fetches_its_checkpoint(tmp_path: Path) -> None
     assert Path(report["path"]).read_bytes() == checkpoint
 
 
-def test_missing_weights_name_commands_that_exist(tmp_path: Path) -> None:
-    with Daemon(env={"HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}) as d:
-        result = d.cli("load", "all-MiniLM-L12-v2", "--device", "cpu")
+def test_missing_weights_name_commands_that_exist(offline: Daemon) -> None:
+    name, repo = NEVER_PULLED
+    result = offline.cli("load", name, "--device", "cpu")
     assert result.returncode == 1
     assert "`modelctl pull` with the model's name" in result.stderr
-    assert f"`hf download {REPO_ID}`" in result.stderr
+    assert f"`hf download {repo}`" in result.stderr
     assert "huggingface-cli" not in result.stderr
     # The command the message names is the installed huggingface_hub's (its `hf` script).
     usage = subprocess.run([sys.executable, "-m", "huggingface_hub.cli.hf", "download",

@@ -19,7 +19,7 @@ import pytest
 import modelctl.registry
 from modelctl.errors import InvalidArgument
 from modelctl.registry import lookup, resolve
-from tests.support import Daemon
+from modelctl.testing import Daemon
 
 DATA = Path(modelctl.registry.__file__).with_name("marqo-2.13.json")
 # sha256 of Marqo 2.13.0's registry (model_registry.py's tables merged, as Marqo does).

@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +29,25 @@ import pytest
 from modelctl.client import Client
 from modelctl.config import Settings
 from modelctl.errors import DaemonError, InvalidArgument
-from tests.support import MINILM, TINY_CLIP_CONFIG, Daemon, free_port, make_tiny_clip
+from modelctl.testing import MINILM, TINY_CLIP_CONFIG, Daemon, make_tiny_clip
 
-KEY = "s3cret-key-" + os.urandom(8).hex()
-WRONG = "s3cret-key-" + os.urandom(8).hex()  # same length and prefix: only the tail differs
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
 
 
 @pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A daemon started as a user would: `daemon start --http PORT --api-key KEY`, debug
-    logging on, in a runtime dir that was created readable by others (0755)."""
-    runtime = Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
-    os.chmod(runtime, 0o755)
-    d = Daemon(runtime, http_port=free_port(), env={"MODELCTL_DEBUG": "1"})
-    d.api_key = KEY
-    try:
-        d.cli("daemon", "start", "--http", str(d.http_port), "--api-key", KEY, check=True,
-              timeout=60)
-        d.wait_torch()
-        props = make_tiny_clip(tmp_path_factory.mktemp("secure-clip"), arch="secure-tiny")
-        d.client.load_model("secure-clip", "cpu", properties=props)
-        yield d
-    finally:
-        d.stop()
+def secure(keyed: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Daemon:
+    """The keyed daemon (conftest.py: started by `daemon start --http PORT --api-key KEY`,
+    debug logging on, in a runtime dir created readable by others), a tiny CLIP loaded."""
+    props = make_tiny_clip(tmp_path_factory.mktemp("secure-clip"), arch="secure-tiny")
+    keyed.client.load_model("secure-clip", "cpu", properties=props)
+    return keyed
+
+
+def wrong(key: str) -> str:
+    """Another key of the same length and prefix: only the tail differs."""
+    return key[:-16] + os.urandom(8).hex()
 
 
 # -- the runtime dir and the socket -------------------------------------------------------
@@ -188,17 +181,21 @@ def _tcp(d: Daemon, method: str, path: str, headers: dict[str, str]) -> tuple[in
         conn.close()
 
 
+Headers = Callable[[str], dict[str, str]]  # the headers a client sends, given the key
+
+
 @pytest.mark.parametrize("headers", [
-    {}, {"x-api-key": WRONG}, {"x-api-key": ""}, {"x-api-key": KEY[:-1]},
-    {"x-api-key": KEY + "x"}, {"x-api-key": KEY.upper()},
-    {"Authorization": f"Bearer {WRONG}"}, {"Authorization": f"Basic {KEY}"},
-    {"Authorization": KEY}, {"api-key": KEY}, {"Cookie": f"x-api-key={KEY}"},
+    lambda k: {}, lambda k: {"x-api-key": wrong(k)}, lambda k: {"x-api-key": ""},
+    lambda k: {"x-api-key": k[:-1]}, lambda k: {"x-api-key": k + "x"},
+    lambda k: {"x-api-key": k.upper()}, lambda k: {"Authorization": f"Bearer {wrong(k)}"},
+    lambda k: {"Authorization": f"Basic {k}"}, lambda k: {"Authorization": k},
+    lambda k: {"api-key": k}, lambda k: {"Cookie": f"x-api-key={k}"},
 ], ids=["none", "wrong", "empty", "prefix", "longer", "upper", "bearer-wrong", "basic",
         "bare-authorization", "other-header", "cookie"])
-def test_every_tcp_route_refuses_without_the_key(secure: Daemon,
-                                                 headers: dict[str, str]) -> None:
+def test_every_tcp_route_refuses_without_the_key(secure: Daemon, headers: Headers) -> None:
+    assert secure.api_key is not None
     for method, path in _routes(secure):
-        status, kind, data = _tcp(secure, method, path, headers)
+        status, kind, data = _tcp(secure, method, path, headers(secure.api_key))
         assert (status, kind) == (401, "application/json"), (method, path, data)
         assert json.loads(data) == {
             "message": "missing or wrong API key: send it as x-api-key or Authorization: "
@@ -207,16 +204,19 @@ def test_every_tcp_route_refuses_without_the_key(secure: Daemon,
 
 
 def test_key_in_query_string_is_not_a_key(secure: Daemon) -> None:
-    status, _, _ = _tcp(secure, "GET", f"/v1/health?x-api-key={KEY}&api_key={KEY}", {})
+    key = secure.api_key
+    status, _, _ = _tcp(secure, "GET", f"/v1/health?x-api-key={key}&api_key={key}", {})
     assert status == 401
 
 
-@pytest.mark.parametrize("headers", [{"x-api-key": KEY}, {"Authorization": f"Bearer {KEY}"},
-                                     {"authorization": f"bearer {KEY}"}],
+@pytest.mark.parametrize("headers", [lambda k: {"x-api-key": k},
+                                     lambda k: {"Authorization": f"Bearer {k}"},
+                                     lambda k: {"authorization": f"bearer {k}"}],
                          ids=["x-api-key", "bearer", "bearer-lowercase"])
-def test_every_tcp_route_answers_with_the_key(secure: Daemon, headers: dict[str, str]) -> None:
+def test_every_tcp_route_answers_with_the_key(secure: Daemon, headers: Headers) -> None:
+    assert secure.api_key is not None
     for method, path in _routes(secure):
-        status, _, data = _tcp(secure, method, path, headers)
+        status, _, data = _tcp(secure, method, path, headers(secure.api_key))
         assert status != 401 and status < 500, (method, path, status, data)
 
 
@@ -237,7 +237,10 @@ def test_key_is_compared_in_constant_time() -> None:
 
 
 def test_the_key_is_never_logged_or_shown(secure: Daemon) -> None:
-    for headers in ({"x-api-key": KEY}, {"x-api-key": WRONG}, {"Authorization": f"Bearer {KEY}"}):
+    key = secure.api_key
+    assert key is not None
+    other = wrong(key)
+    for headers in ({"x-api-key": key}, {"x-api-key": other}, {"Authorization": f"Bearer {key}"}):
         _tcp(secure, "GET", "/v1/health", headers)
         _tcp(secure, "POST", "/v1/models", headers)
         _tcp(secure, "GET", "/no/such/route", headers)
@@ -253,7 +256,7 @@ def test_the_key_is_never_logged_or_shown(secure: Daemon) -> None:
     # every user on the machine can read with ps).
     shown.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
     for text in shown:
-        assert KEY not in text and WRONG not in text
+        assert key not in text and other not in text
     assert "listening on" in shown[0]  # the log was there to be read
 
 

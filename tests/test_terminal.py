@@ -26,7 +26,7 @@ from modelctl.cli import output
 from modelctl.cli.models import ENTRY_COLUMNS, ENTRY_DROP, freed_note
 from modelctl.client import Client
 from modelctl.errors import DaemonNotRunning
-from tests.support import MINILM, Daemon, base_env
+from modelctl.testing import MINILM, Daemon, base_env
 
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LONG = "a-rather-long-model-name-that-people-give/custom-tiny-clip-for-tests"
@@ -150,20 +150,11 @@ def fresh_runtime() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_devices_says_so_while_torch_warms_up(fresh_runtime: Path) -> None:
-    d = Daemon(runtime_dir=fresh_runtime)
-    d.start(wait_torch=False)
-    warming = not d.client.health()["torch_ready"]
-    result = d.cli("devices")
-    assert result.returncode == 0, result.stderr
-    if warming:  # torch takes seconds to import; the CLI asked well within them
-        assert "the daemon is still importing torch; waiting for it" in result.stderr
-    assert "cpu" in result.stdout
-    assert "a request waits for torch to finish importing" in d.log() or not warming
-
-
-def test_client_autostart_on_a_fresh_runtime_dir(fresh_runtime: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_autostart_then_devices_while_torch_warms_up(fresh_runtime: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           ) -> None:
+    """One fresh daemon for both: the Python client starts it, and `devices`, asked at
+    once, says it waits for torch's import."""
     for key, value in base_env(fresh_runtime).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MODELCTL_SOCKET", raising=False)
@@ -173,6 +164,17 @@ def test_client_autostart_on_a_fresh_runtime_dir(fresh_runtime: Path,
     client = Client(autostart=True)
     assert client.list_models() == []
     assert (fresh_runtime / "modelctl.sock").exists()
+
+    d = Daemon(runtime_dir=fresh_runtime)
+    warming = not d.client.health()["torch_ready"]
+    result = d.cli("devices")
+    assert result.returncode == 0, result.stderr
+    if warming:  # torch takes seconds to import; the CLI asked well within them
+        assert "the daemon is still importing torch; waiting for it" in result.stderr
+    assert "cpu" in result.stdout
+    assert "a request waits for torch to finish importing" in d.log() or not warming
+    d.client.close()
+
     client.load_model("all-MiniLM-L6-v2", "cpu")
     assert len(client.embed("all-MiniLM-L6-v2", ["hello"])[0]) == 384
     pid = client.health()["pid"]

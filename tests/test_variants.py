@@ -1,13 +1,12 @@
 """Model variants through the real daemon on cpu: (engine, precision) per load.
 
-One daemon for the module, with its ONNX cache in its temp runtime dir. Vectors are
+The shared daemon, its ONNX cache in its temp runtime dir. Vectors are
 compared with sentence-transformers' own fp32 ``encode`` in this process.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from modelctl.daemon.loaders.texts import CALIBRATION_TEXTS, PROBE_TEXTS
 from modelctl.errors import HardwareCompatibilityError, InvalidArgument, ModelNotInCache
-from tests.support import Daemon, minilm_path
+from modelctl.testing import Daemon
 
 MINILM = "all-MiniLM-L6-v2"
 TEXTS = [
@@ -39,26 +38,14 @@ BOUNDS = {("torch", "bf16"): 0.999, ("onnx", "fp32"): 0.9999, ("onnx", "int8"): 
 
 
 @pytest.fixture(scope="module")
-def reference() -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(minilm_path(), device="cpu")
-    return np.asarray(model.encode(TEXTS, convert_to_numpy=True), dtype=np.float64)
-
-
-@pytest.fixture(scope="module")
-def vd() -> Iterator[Daemon]:
-    with Daemon() as d:
-        d.start()
-        yield d
+def reference(minilm_reference: Any) -> np.ndarray:
+    return np.asarray(minilm_reference.encode(TEXTS, convert_to_numpy=True), dtype=np.float64)
 
 
 @pytest.fixture
-def v(vd: Daemon) -> Iterator[Daemon]:
-    vd.client.eject(all=True, force=True)
-    yield vd
-    if vd.alive():
-        vd.client.eject(all=True, force=True)
+def v(clean_daemon: Daemon) -> Daemon:
+    """The shared daemon, with an empty cache; its ONNX exports go to its runtime dir."""
+    return clean_daemon
 
 
 def _worst(reference: np.ndarray, vectors: list[list[float]]) -> float:
