@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from modelctl.errors import ModelctlError, WeightsNotFound
-from tests.support import Daemon, free_port, make_tiny_clip, minilm_path
+from modelctl.testing import Daemon, free_port, make_tiny_clip, minilm_path
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
