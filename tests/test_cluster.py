@@ -45,8 +45,13 @@ def ray_cluster() -> Iterator[RayCluster]:
 @pytest.fixture
 def fleet(ray_cluster: RayCluster) -> Iterator[Client]:
     client = ray_cluster.client()
-    client.eject(all=True, force=True)
-    assert client.list_models() == []
+
+    def emptied() -> bool:
+        # A load an earlier test gave up waiting for may still land on a busy machine.
+        client.eject(all=True, force=True)
+        return client.list_models() == []
+
+    wait_for(emptied, timeout=120, interval=0.5)
     yield client
     client.close()
 
