@@ -35,6 +35,7 @@ from modelctl.errors import (
     DaemonUnreachable,
     ServerClosed,
     error_from_body,
+    reply_body,
 )
 from modelctl.unix_http import UnixConnection
 
@@ -243,14 +244,8 @@ class Client:
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> Any:
         """Send one request and return its JSON; raise the daemon's error as an ``ApiError``."""
-        status, headers, data = self.request_raw(method, path, query=query, body=body)
-        try:
-            decoded = json.loads(data) if data else None
-        except ValueError:
-            decoded = data.decode(errors="replace")
-        if status >= 400:
-            raise error_from_body(status, decoded)
-        return decoded
+        status, _, data = self.request_raw(method, path, query=query, body=body)
+        return reply_body(status, data)
 
     # -- Marqo's documented calls (docs/MARQO.md) ----------------------------------
     def get_marqo(self) -> MarqoRoot:

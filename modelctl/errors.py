@@ -41,6 +41,7 @@ This module imports only the standard library: the CLI and ``modelctl.client`` u
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -239,6 +240,17 @@ def error_from_body(status: int, body: Any) -> ApiError:
         # A code we do not know, or a proxy's answer: keep the status we saw.
         err.status = status
     return err
+
+
+def reply_body(status: int, data: bytes) -> Any:
+    """A daemon's reply as JSON (text when it is not JSON); its error raised for >= 400."""
+    try:
+        body = json.loads(data) if data else None
+    except ValueError:
+        body = data.decode(errors="replace")
+    if status >= 400:
+        raise error_from_body(status, body)
+    return body
 
 
 class DaemonError(ModelctlError):

@@ -33,7 +33,7 @@ from modelctl.errors import (
     DaemonNotRunning,
     DaemonStartError,
     DaemonUnreachable,
-    error_from_body,
+    reply_body,
 )
 from modelctl.unix_http import UnixConnection
 
@@ -218,13 +218,8 @@ def ping(settings: Settings, timeout: float = 2.0) -> Health | None:
         return None
     finally:
         conn.close()
-    try:
-        body = json.loads(data) if data else None
-    except ValueError:
-        body = data.decode(errors="replace")
-    if status >= 400:
-        raise error_from_body(status, body)
-    return body
+    health: Health = reply_body(status, data)
+    return health
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
