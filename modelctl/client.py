@@ -76,17 +76,18 @@ _CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ServerClosed)
 
 
 def _daemon_alive(socket_path: Path) -> bool:
-    """Whether the status file beside ``socket_path`` names it and a live process."""
-    import os
+    """Whether the status file beside ``socket_path`` names it and a live daemon holds
+    the lock beside it."""
+    from modelctl.config import LOCK_NAME, STATUS_NAME
+    from modelctl.runtime import lock_file_held
 
     try:
-        status = json.loads((socket_path.parent / "modelctl.json").read_text())
+        status = json.loads((socket_path.parent / STATUS_NAME).read_text())
         if status.get("socket") != str(socket_path):
             return False
-        os.kill(int(status["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, AttributeError):
         return False
-    return True
+    return lock_file_held(socket_path.parent / LOCK_NAME)
 
 
 def transport_error(exc: Exception, where: str) -> DaemonError | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelctl.errors import InvalidArgument
-from modelctl.units import parse_keep_alive, parse_size
+from modelctl.units import parse_duration, parse_keep_alive, parse_size
 
 SOCKET_NAME = "modelctl.sock"
 LOCK_NAME = "modelctl.lock"
@@ -56,6 +56,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """How long the daemon waits on its clients, and on its own requests when stopping."""
+
+    # A kept-alive connection with no request in progress is closed past this.
+    idle_connection_s: float = 30.0
+    # From a connection (or the end of the last answer) to a whole request head.
+    request_head_s: float = 10.0
+    # From a request's head to the last byte of its body.
+    request_body_s: float = 60.0
+    # After SIGTERM, requests in flight may finish for this long; then they are cancelled.
+    shutdown_grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     runtime_dir: Path
     socket_path: Path
@@ -71,6 +85,7 @@ class Settings:
     offline: bool = False
     debug: bool = False
     limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     # The variant a load gets when it names none (Marqo's default: fp32 torch).
     precision: str = "fp32"
     engine: str = "torch"
@@ -140,6 +155,7 @@ class Settings:
             offline=_truthy(env.get("MODELCTL_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
             debug=_truthy(env.get("MODELCTL_DEBUG")),
             limits=daemon_only(lambda: _limits(env), Limits()),
+            timeouts=daemon_only(lambda: _timeouts(env), Timeouts()),
             allowed_hosts=LOOPBACK_HOST_NAMES + tuple(
                 host.strip().lower() for host in env.get("MODELCTL_ALLOWED_HOSTS", "").split(",")
                 if host.strip()),
@@ -217,6 +233,36 @@ def _limits(env: Mapping[str, str]) -> Limits:
         given["max_request_pixels"] = pixels
         given["max_inflight_pixels"] = 2 * pixels
     return Limits(**given)
+
+
+# The environment variable of each field of Timeouts.
+TIMEOUT_VARIABLES = {
+    "idle_connection_s": "MODELCTL_IDLE_CONNECTION_TIMEOUT",
+    "request_head_s": "MODELCTL_REQUEST_HEAD_TIMEOUT",
+    "request_body_s": "MODELCTL_REQUEST_BODY_TIMEOUT",
+    "shutdown_grace_s": "MODELCTL_SHUTDOWN_GRACE",
+}
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+def _timeouts(env: Mapping[str, str]) -> Timeouts:
+    """Each of ``TIMEOUT_VARIABLES`` a duration (``30``, ``500ms``, ``2m``) over 0 and at
+    most a day: a connection timer of "never" would let one client hold a descriptor
+    forever, and a stop that waits forever is not a stop."""
+    given: dict[str, float] = {}
+    for name, var in TIMEOUT_VARIABLES.items():
+        raw = (env.get(var) or "").strip()
+        if not raw:
+            continue
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as exc:
+            raise InvalidArgument(f"{var}: {exc}") from exc
+        if seconds is None or not 0 < seconds <= MAX_TIMEOUT_S:
+            raise InvalidArgument(f"{var}: must be a duration over 0 and at most 24h, "
+                                  f"not {raw!r}")
+        given[name] = seconds
+    return Timeouts(**given)
 
 
 def _whole_number(env: Mapping[str, str], var: str) -> int | None:

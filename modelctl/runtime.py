@@ -69,6 +69,9 @@ class DaemonStatus:
     version: str
     started_at: str
     http: str | None = None
+    # How long the daemon lets requests finish after SIGTERM (None: a daemon from before
+    # it said so, which allowed 30 s).
+    shutdown_grace_s: float | None = None
 
 
 def ensure_runtime_dir(path: Path) -> Path:
@@ -151,8 +154,14 @@ class DaemonLock:
 
 def lock_is_held(settings: Settings) -> bool:
     """Whether a live daemon holds the runtime dir's lock."""
+    return lock_file_held(settings.lock_path)
+
+
+def lock_file_held(path: Path) -> bool:
+    """Whether a live process holds the flock on ``path``. A daemon's lock goes with its
+    last breath, where its pid may linger a while as a zombie, or be another's later."""
     try:
-        f = open(settings.lock_path)
+        f = open(path)
     except FileNotFoundError:
         return False
     with f:
@@ -260,14 +269,17 @@ def start_daemon(settings: Settings, timeout: float = 30.0) -> tuple[Health, boo
     return health, started and health.get("pid") == proc.pid
 
 
-# The daemon lets requests in flight finish for up to 30 s after SIGTERM, then frees
-# its models: wait past that, so a daemon that exits just after its grace period is
-# reported stopped, not failed.
-STOP_TIMEOUT_S = 60.0
+# The daemon lets requests in flight finish for its shutdown grace (its status file says
+# how long) after SIGTERM, then frees its models: `daemon stop` waits this much past the
+# grace, so a daemon that exits just after its grace period is reported stopped, not failed.
+STOP_MARGIN_S = 30.0
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
 
 
-def stop_daemon(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the daemon and wait until it has let go of its lock; return its pid."""
+def stop_daemon(settings: Settings, timeout: float | None = None) -> int:
+    """SIGTERM the daemon and wait until it has let go of its lock; return its pid.
+
+    ``timeout`` (default: the daemon's grace plus ``STOP_MARGIN_S``) bounds the wait."""
     status = read_status(settings)
     if status is None or not lock_is_held(settings):
         remove_stale_files(settings)
@@ -278,6 +290,11 @@ def stop_daemon(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> int:
         remove_stale_files(settings)
         raise DaemonNotRunning(f"no modelctl daemon is running in {settings.runtime_dir}") \
             from None
+    if timeout is None:
+        grace = status.shutdown_grace_s
+        if not isinstance(grace, (int, float)) or not 0 < grace <= 86400:
+            grace = DEFAULT_SHUTDOWN_GRACE_S
+        timeout = grace + STOP_MARGIN_S
     deadline = time.monotonic() + timeout
     while lock_is_held(settings):
         if time.monotonic() > deadline:

@@ -87,6 +87,34 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    """Return once ``pid`` has exited (``process_gone``); AssertionError past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not process_gone(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pid {pid} still alive after {timeout:g}s")
+        time.sleep(0.02)
+
+
+def daemons_in(runtime_dir: Path) -> list[int]:
+    """Live ``modelctl.daemon`` processes whose environment names ``runtime_dir``: what a
+    test must find none of once a daemon has stopped or failed to start."""
+    mark = f"MODELCTL_RUNTIME_DIR={runtime_dir}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"modelctl.daemon" in cmdline and mark in environ and \
+                not process_gone(int(proc.name)):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
 class Daemon:
     """One daemon in a temp runtime dir. Use as a context manager, or ``start``/``stop``.
 

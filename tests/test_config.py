@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelctl.config import PreloadItem, Settings, parse_preload
+from modelctl.config import PreloadItem, Settings, Timeouts, parse_preload
 from modelctl.errors import InvalidArgument
 
 
@@ -72,6 +72,25 @@ def test_bad_keep_alive(raw: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         settings(MODELCTL_KEEP_ALIVE=raw)
     assert "MODELCTL_KEEP_ALIVE" in info.value.message
+
+
+def test_connection_and_shutdown_timers() -> None:
+    assert settings().timeouts == Timeouts(idle_connection_s=30.0, request_head_s=10.0,
+                                           request_body_s=60.0, shutdown_grace_s=30.0)
+    s = settings(MODELCTL_IDLE_CONNECTION_TIMEOUT="500ms", MODELCTL_REQUEST_HEAD_TIMEOUT="2",
+                 MODELCTL_REQUEST_BODY_TIMEOUT="2m", MODELCTL_SHUTDOWN_GRACE=" 1h ")
+    assert s.timeouts == Timeouts(idle_connection_s=0.5, request_head_s=2.0,
+                                  request_body_s=120.0, shutdown_grace_s=3600.0)
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "never", "nan", "2d", "soon", "1e300"])
+def test_bad_timers_name_the_variable(raw: str) -> None:
+    with pytest.raises(InvalidArgument, match="MODELCTL_SHUTDOWN_GRACE"):
+        settings(MODELCTL_SHUTDOWN_GRACE=raw)
+    # A client leaves them to the daemon, as every knob only the daemon reads.
+    lenient = Settings.from_env(environ={"MODELCTL_RUNTIME_DIR": "/tmp/mc-test",
+                                         "MODELCTL_IDLE_CONNECTION_TIMEOUT": raw}, strict=False)
+    assert lenient.timeouts == Timeouts()
 
 
 def test_preload_names_json_and_comma_lists() -> None:

@@ -22,7 +22,7 @@ from modelctl.errors import (
     InvalidArgument,
     NotFound,
 )
-from modelctl.testing import MINILM, Daemon, cosine, png_bytes
+from modelctl.testing import MINILM, Daemon, cosine, png_bytes, wait_gone
 
 SENTENCES = ["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog.",
              "modelctl keeps one copy of each model in memory."]
@@ -246,7 +246,7 @@ def test_daemon_lifecycle_sigterm_sigkill_and_stale_files(runtime_dir: Any) -> N
         first = d.pid
         assert first is not None
         os.kill(first, signal.SIGTERM)
-        _wait_gone(first)
+        wait_gone(first)
         assert not d.socket_path.exists()
         assert not (runtime_dir / "modelctl.json").exists()
 
@@ -255,7 +255,7 @@ def test_daemon_lifecycle_sigterm_sigkill_and_stale_files(runtime_dir: Any) -> N
         second = d.pid
         assert second is not None and second != first
         os.kill(second, signal.SIGKILL)
-        _wait_gone(second)
+        wait_gone(second)
         assert d.socket_path.exists() and (runtime_dir / "modelctl.json").exists()
         # ... `ls` says none runs (and starts nothing), the next load starts a fresh one.
         assert d.cli("ls", "--json", check=True).stdout.strip() == "[]"
@@ -264,20 +264,8 @@ def test_daemon_lifecycle_sigterm_sigkill_and_stale_files(runtime_dir: Any) -> N
         third = d.pid
         assert third not in (None, first, second)
         assert d.cli("daemon", "stop").returncode == 0
-        _wait_gone(third)  # type: ignore[arg-type]
+        wait_gone(third)  # type: ignore[arg-type]
         assert d.cli("daemon", "status").returncode == 3
     finally:
         d.stop()
 
-
-def _wait_gone(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        # A child of ours that exited stays a zombie until reaped; the daemon is not
-        # our child (it is started in its own session), so plain kill(0) suffices.
-        time.sleep(0.05)
-    raise AssertionError(f"pid {pid} still alive")

@@ -4,6 +4,7 @@ write a word to its log."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -15,60 +16,33 @@ import time
 from pathlib import Path
 
 from modelctl.client import Client
-from modelctl.daemon.server import GRACEFUL_SHUTDOWN_S
-from modelctl.runtime import STOP_TIMEOUT_S
-from modelctl.testing import MINILM, Daemon, base_env, counter, modelctl_exe
-
-
-def _proc_state(pid: int) -> str | None:
-    """The state letter in ``/proc/PID/stat`` (``Z``: exited, not yet reaped); None: gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def _gone_within(pid: int, timeout: float) -> bool:
-    """Whether ``pid`` has exited (a zombie counts: nobody reaped it yet) within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while _proc_state(pid) not in (None, "Z"):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _daemons_in(runtime_dir: Path) -> list[int]:
-    """Live ``modelctl.daemon`` processes whose environment names ``runtime_dir``."""
-    mark = f"MODELCTL_RUNTIME_DIR={runtime_dir}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"modelctl.daemon" in cmdline and mark in environ and \
-                _proc_state(int(proc.name)) not in (None, "Z"):
-            pids.append(int(proc.name))
-    return pids
+from modelctl.runtime import STOP_MARGIN_S
+from modelctl.testing import (
+    MINILM,
+    Daemon,
+    base_env,
+    counter,
+    daemons_in,
+    modelctl_exe,
+    wait_gone,
+)
 
 
 def test_stop_waits_for_a_daemon_that_exits_after_its_grace_period() -> None:
-    """Requests in flight keep the daemon busy past its 30 s grace period: `daemon stop`
-    waits for it, exits 0 and says it stopped, and leaves no process, socket or status
-    file behind."""
-    assert GRACEFUL_SHUTDOWN_S + 15 < STOP_TIMEOUT_S
-    d = Daemon(env={"MODELCTL_THREADS": "1"})
+    """Requests in flight keep the daemon busy past its grace period (30 s unless
+    configured; 3 s here): `daemon stop` waits for it, exits 0 and says it stopped, and
+    leaves no process, socket or status file behind."""
+    grace = 3.0
+    d = Daemon(env={"MODELCTL_THREADS": "1", "MODELCTL_SHUTDOWN_GRACE": f"{grace:g}s"})
     errors: list[BaseException] = []
     workers: list[threading.Thread] = []
     try:
         d.start(wait_torch=False)
         pid = d.pid
-        assert pid is not None and _daemons_in(d.runtime_dir) == [pid]
+        assert pid is not None and daemons_in(d.runtime_dir) == [pid]
+        # The status file tells `daemon stop` how long this daemon's grace is.
+        status = json.loads((d.runtime_dir / "modelctl.json").read_text())
+        assert status["shutdown_grace_s"] == grace
         d.client.load_model(MINILM, "cpu")
         calls = counter(d, "modelctl_model_calls", MINILM)
 
@@ -93,14 +67,15 @@ def test_stop_waits_for_a_daemon_that_exits_after_its_grace_period() -> None:
             time.sleep(0.1)
 
         started = time.monotonic()
-        stop = d.cli("daemon", "stop", timeout=STOP_TIMEOUT_S + 30)
+        stop = d.cli("daemon", "stop", timeout=grace + STOP_MARGIN_S + 30)
         took = time.monotonic() - started
 
         assert stop.returncode == 0, stop.stderr
         assert f"stopped modelctl daemon (pid {pid})" in stop.stderr
-        assert took > GRACEFUL_SHUTDOWN_S, f"the daemon stopped in {took:.1f}s, within its grace"
+        assert took > grace, f"the daemon stopped in {took:.1f}s, within its grace"
         # The lock is let go just before the process ends: give it a moment.
-        assert _gone_within(pid, 10) and _daemons_in(d.runtime_dir) == []
+        wait_gone(pid, 10)
+        assert daemons_in(d.runtime_dir) == []
         assert not (d.runtime_dir / "modelctl.sock").exists()
         assert not (d.runtime_dir / "modelctl.json").exists()
         for worker in workers:
@@ -145,9 +120,9 @@ def test_a_start_that_fails_before_logging_says_the_log_is_empty() -> None:
         assert not (runtime_dir / "modelctl.json").exists()
         assert not (runtime_dir / "modelctl.json.tmp").exists()
         assert d.pid is None
-        assert _daemons_in(runtime_dir) == []
+        assert daemons_in(runtime_dir) == []
     finally:
         d.stop()
-        for pid in _daemons_in(runtime_dir):
+        for pid in daemons_in(runtime_dir):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -29,9 +29,11 @@ from modelctl.testing import (
     Daemon,
     base_env,
     daemon_rss,
+    daemons_in,
     free_port,
     make_tiny_clip,
     modelctl_exe,
+    wait_gone,
     wide_clip_config,
 )
 
@@ -65,43 +67,10 @@ def faulty(checkpoints: dict[str, dict[str, Any]]) -> Iterator[Daemon]:
         d.stop()
 
 
-def _wait_gone(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        if _proc_state(pid) == "Z":  # exited; nobody has reaped it yet
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"pid {pid} still alive")
 
 
-def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
 
 
-def _daemons_in(runtime_dir: Path) -> list[int]:
-    """Live (not zombie) ``modelctl.daemon`` processes serving ``runtime_dir``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"modelctl.daemon" in cmdline and \
-                f"MODELCTL_RUNTIME_DIR={runtime_dir}".encode() in environ and \
-                _proc_state(int(entry)) not in (None, "Z"):
-            found.append(int(entry))
-    return found
 
 
 def _fds(pid: int) -> int:
@@ -145,7 +114,7 @@ def test_sigkill_mid_load_then_load_recovers_with_a_fresh_daemon(
         os.kill(first, signal.SIGKILL)
         loader.join(30)
         assert len(errors) == 1 and isinstance(errors[0], DaemonNotRunning), errors
-        _wait_gone(first)
+        wait_gone(first)
         assert d.socket_path.exists()  # left behind by the killed daemon
 
         # `modelctl load` cleans up, starts a fresh daemon and loads there.
@@ -277,13 +246,13 @@ def test_two_daemon_starts_at_once_leave_exactly_one_daemon(runtime_dir: Path) -
             messages = sorted(err.strip() for _, err in outs)
             assert messages == [f"modelctl daemon already running (pid {pid})",
                                 f"started modelctl daemon (pid {pid})"]
-            assert _daemons_in(runtime_dir) == [pid]
+            assert daemons_in(runtime_dir) == [pid]
             stop = subprocess.run([*cmd, "daemon", "stop"], env=env, capture_output=True,
                                   text=True, timeout=60)
             assert stop.returncode == 0, stop.stderr
-            _wait_gone(pid)
+            wait_gone(pid)
     finally:
-        for pid in _daemons_in(runtime_dir):
+        for pid in daemons_in(runtime_dir):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -4,8 +4,9 @@ uvicorn closes a kept-alive connection idle between requests, but it has no time
 request being sent: a client that connects and sends nothing, or a byte at a time,
 would hold its connection (a file descriptor) forever. ``guarded`` wraps uvicorn's
 HTTP protocol with two deadlines, counted from a request's first byte (or from the
-connection, for the first request): the head must arrive within ``HEAD_TIMEOUT_S``
-and the whole body within ``BODY_TIMEOUT_S``. Past either, the connection is closed.
+connection, for the first request): the head must arrive within the settings'
+``request_head_s`` (10 s unless configured) and the whole body within ``request_body_s``
+(60 s). Past either, the connection is closed.
 
 TCP listeners also share a cap on open connections (``ConnectionCap``); one past the
 cap is closed as soon as it is accepted. The Unix socket has no cap and its own
@@ -18,8 +19,8 @@ import asyncio
 import resource
 from typing import Any
 
-HEAD_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0
+from modelctl.config import Timeouts
+
 # Of the process's file descriptors, what TCP clients may hold; models, the socket's
 # clients, log files and torch's own need the rest.
 TCP_SHARE_OF_FDS = 0.5
@@ -51,8 +52,10 @@ class ConnectionCap:
         return cls(min(MAX_TCP_CONNECTIONS, int(raise_fd_limit() * TCP_SHARE_OF_FDS)))
 
 
-def guarded(base: type[asyncio.Protocol], cap: ConnectionCap | None) -> type[asyncio.Protocol]:
-    """uvicorn's protocol class ``base`` with the deadlines above and, if given, ``cap``."""
+def guarded(base: type[asyncio.Protocol], cap: ConnectionCap | None,
+            timeouts: Timeouts) -> type[asyncio.Protocol]:
+    """uvicorn's protocol class ``base`` with the deadlines of ``timeouts`` and, if given,
+    ``cap``."""
 
     class Guarded(base):  # type: ignore[valid-type, misc]
         _deadline: asyncio.TimerHandle | None = None
@@ -67,7 +70,7 @@ def guarded(base: type[asyncio.Protocol], cap: ConnectionCap | None) -> type[asy
                 cap.open += 1
                 self._counted = True
             super().connection_made(transport)
-            self._arm("head", HEAD_TIMEOUT_S)
+            self._arm("head", timeouts.request_head_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if cap is not None:
@@ -83,10 +86,10 @@ def guarded(base: type[asyncio.Protocol], cap: ConnectionCap | None) -> type[asy
             cycle = getattr(self, "cycle", None)
             if cycle is None or cycle.response_complete:
                 if self._phase != "head":  # the first byte of the next request
-                    self._arm("head", HEAD_TIMEOUT_S)
+                    self._arm("head", timeouts.request_head_s)
             elif cycle.more_body:
                 if self._phase != "body":
-                    self._arm("body", BODY_TIMEOUT_S)
+                    self._arm("body", timeouts.request_body_s)
             else:
                 self._disarm()  # a whole request is in: the app's time, not the client's
 

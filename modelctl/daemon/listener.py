@@ -101,7 +101,7 @@ class Listener:
         try:
             await self.app(scope, self._bounded(receive), tracked_send)
         except asyncio.CancelledError:
-            # uvicorn cancels what still runs GRACEFUL_SHUTDOWN_S after SIGTERM, and would
+            # uvicorn cancels what still runs past the shutdown grace after SIGTERM, and would
             # answer with its plain-text 500; the request task ends here either way.
             if not responded:
                 await _send_error(send, ServiceUnavailable(

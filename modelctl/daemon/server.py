@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from modelctl import __version__
-from modelctl.config import Settings
+from modelctl.config import Settings, Timeouts
 from modelctl.errors import DaemonError, InvalidArgument, ModelctlError
 from modelctl.runtime import (
     EXIT_ALREADY_RUNNING,
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelctl.daemon")
 
-GRACEFUL_SHUTDOWN_S = 30
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -112,10 +111,7 @@ def run_daemon(settings: Settings, *, foreground: bool = False) -> int:
             log.error("%s", exc)
             return 1
         urls = [tcp_url(tcp)] if tcp is not None else []
-        write_status(settings, DaemonStatus(
-            pid=os.getpid(), socket=str(settings.socket_path), version=__version__,
-            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            http=urls[0] if urls else None))
+        write_status(settings, _own_status(settings, urls[0] if urls else None))
         return _run_loop(settings, unix, tcp)
     finally:
         for path in (settings.status_path, settings.socket_path):
@@ -172,7 +168,7 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
         allowed = settings.allowed_hosts if host is not None and _is_loopback(host) else None
         listener: Any = Listener(app, state, kind=kind, api_key=api_key, allowed_hosts=allowed)
         server = _make_server(AccessLog(listener) if kind == "tcp" else listener,
-                              tcp_cap if kind == "tcp" else None)
+                              tcp_cap if kind == "tcp" else None, settings.timeouts)
         servers.append(server)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         tasks.append(task)
@@ -224,7 +220,8 @@ async def _serve(settings: Settings, unix: socket.socket, tcp: socket.socket | N
 
 async def _stop(settings: Settings, servers: list[Any], tasks: list[asyncio.Task[None]],
                 state: DaemonState) -> None:
-    log.info("stopping: finishing requests in flight (at most %ds)", GRACEFUL_SHUTDOWN_S)
+    log.info("stopping: finishing requests in flight (at most %gs)",
+             settings.timeouts.shutdown_grace_s)
     for path in (settings.status_path, settings.socket_path):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -252,6 +249,13 @@ def _app_built_in(imports: ImportThread, state: DaemonState) -> LateApp:
     built = imports.submit(build)
     built.add_done_callback(log_failure)
     return LateApp(built)
+
+
+def _own_status(settings: Settings, http: str | None) -> DaemonStatus:
+    """This daemon's status file, as it starts (or writes it again)."""
+    return DaemonStatus(pid=os.getpid(), socket=str(settings.socket_path), version=__version__,
+                        started_at=datetime.now(UTC).isoformat(timespec="seconds"), http=http,
+                        shutdown_grace_s=settings.timeouts.shutdown_grace_s)
 
 
 def _record_http(settings: Settings, urls: list[str]) -> None:
@@ -286,12 +290,10 @@ async def _keep_socket(settings: Settings, serve: Any) -> None:
             log.error("cannot bind %s again: %s", path, exc)
             continue
         if read_status(settings) is None:
-            write_status(settings, DaemonStatus(
-                pid=os.getpid(), socket=str(path), version=__version__,
-                started_at=datetime.now(UTC).isoformat(timespec="seconds"), http=None))
+            write_status(settings, _own_status(settings, None))
 
 
-def _make_server(app: Any, cap: Any) -> Any:
+def _make_server(app: Any, cap: Any, timeouts: Timeouts) -> Any:
     import uvicorn
 
     from modelctl.daemon.connections import guarded
@@ -307,10 +309,13 @@ def _make_server(app: Any, cap: Any) -> Any:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as protocol  # type: ignore[assignment]
+    # uvicorn annotates these two as int, but hands them to call_later and wait_for, which
+    # take fractions of a second as well.
+    idle: Any = timeouts.idle_connection_s
+    grace: Any = timeouts.shutdown_grace_s
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                            http=guarded(protocol, cap), timeout_keep_alive=30,
-                            server_header=False,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws="none")
+                            http=guarded(protocol, cap, timeouts), timeout_keep_alive=idle,
+                            server_header=False, timeout_graceful_shutdown=grace, ws="none")
     return _Server(config)
 
 
