@@ -38,10 +38,13 @@ SAME_WORKER = {"tests/test_cluster.py": "ray", "tests/test_cluster_nodes.py": "r
                **{f"tests/{name}.py": "keyed" for name in (
                    "test_http_security", "test_listeners", "test_marqo_clients",
                    "test_openai_client", "test_security")}}
-# The longest modules (measured on two busy cores), handed out first so none starts last.
-LONGEST_FIRST = ["test_hostile_clients.py", "test_faults.py", "test_cluster_nodes.py",
-                 "test_cluster.py", "test_daemon.py", "test_pull.py", "test_embeddings.py",
-                 "test_budgets.py", "test_gpu_check.py", "test_security.py"]
+# The longest modules (measured one at a time on two quiet cores), handed out first so
+# that none starts last.
+LONGEST_FIRST = ["test_cluster_nodes.py", "test_cluster.py", "test_faults.py",
+                 "test_variants.py", "test_budgets.py", "test_hostile_clients.py",
+                 "test_gpu_check.py", "test_hostile_host.py", "test_terminal.py",
+                 "test_daemon.py", "test_marqo_contract.py", "test_pull.py",
+                 "test_embeddings.py", "test_preload.py", "test_cache.py"]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -165,6 +168,19 @@ def clean_daemon(daemon: Daemon) -> Iterator[Daemon]:
     yield daemon
     if daemon.alive():
         daemon.client.eject(all=True, force=True)
+
+
+@pytest.fixture
+def offline_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A runtime dir (not created) that this process's environment, and so the CLI it
+    runs, uses; no socket, URL or key of the user's leaks in, and HOME is the test's."""
+    path = tmp_path / "rt"
+    for var in ("MODELCTL_SOCKET", "MODELCTL_URL", "MODELCTL_API_KEY", "MODELCTL_DEBUG",
+                "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MODELCTL_RUNTIME_DIR", str(path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return path
 
 
 @pytest.fixture

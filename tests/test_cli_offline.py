@@ -22,45 +22,14 @@ from modelctl import __version__
 from modelctl.cli import global_options, main, output
 from modelctl.cli.models import entry_row
 from modelctl.cli.state import State
+from tests.cli_runs import ROOT, no_daemon_left, one_error_line, run
 
-ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "sentence_transformers", "open_clip", "fastapi",
          "uvicorn", "pynvml", "numpy", "ray")
 
 
-@pytest.fixture
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "rt"
-    for var in ("MODELCTL_SOCKET", "MODELCTL_URL", "MODELCTL_API_KEY", "MODELCTL_DEBUG",
-                "XDG_RUNTIME_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MODELCTL_RUNTIME_DIR", str(path))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return path
-
-
-def run(*args: str, env: dict[str, str] | None = None,
-        stdin: str | None = "") -> subprocess.CompletedProcess[str]:
-    """``python -m modelctl ARGS`` with this test's environment."""
-    return subprocess.run([sys.executable, "-m", "modelctl", *args], cwd=ROOT,
-                          env={**os.environ, **(env or {})}, input=stdin,
-                          capture_output=True, text=True, timeout=60)
-
-
-def no_daemon_left(runtime_dir: Path) -> bool:
-    return not (runtime_dir / "modelctl.sock").exists() and \
-        not (runtime_dir / "modelctl.json").exists()
-
-
-def one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("modelctl: error: "), stderr
-    return lines[0]
-
-
 # -- help and version ---------------------------------------------------------------------
-def test_help_lists_commands_and_global_options(runtime_dir: Path) -> None:
+def test_help_lists_commands_and_global_options(offline_runtime: Path) -> None:
     result = run("--help")
     assert result.returncode == 0
     for word in ("ls", "load", "eject", "embed", "models", "devices", "top", "serve",
@@ -70,32 +39,32 @@ def test_help_lists_commands_and_global_options(runtime_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [[], ["daemon"], ["completion"]])
-def test_no_arguments_shows_help(runtime_dir: Path, args: list[str]) -> None:
+def test_no_arguments_shows_help(offline_runtime: Path, args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith(f"Usage: modelctl {' '.join(args)}".rstrip())
     assert "Commands:" in result.stdout
 
 
-def test_help_documents_exit_codes(runtime_dir: Path) -> None:
+def test_help_documents_exit_codes(offline_runtime: Path) -> None:
     text = " ".join(run("--help").stdout.split())
     assert "Exit status: 0 success, 1 error, 2 usage error, 3 no daemon reachable." in text
 
 
-def test_version(runtime_dir: Path) -> None:
+def test_version(offline_runtime: Path) -> None:
     result = run("--version")
     assert result.returncode == 0
     assert result.stdout == f"modelctl {__version__}\n"
 
 
-def test_command_help(runtime_dir: Path) -> None:
+def test_command_help(offline_runtime: Path) -> None:
     result = run("eject", "--help")
     assert result.returncode == 0
     assert "--all" in result.stdout and "--force" in result.stdout
 
 
 # -- without a daemon ---------------------------------------------------------------------
-def test_ls_without_daemon(runtime_dir: Path) -> None:
+def test_ls_without_daemon(offline_runtime: Path) -> None:
     result = run("ls", "--json")
     assert result.returncode == 0
     assert json.loads(result.stdout) == []
@@ -103,15 +72,15 @@ def test_ls_without_daemon(runtime_dir: Path) -> None:
     assert plain.returncode == 0 and plain.stdout == ""
     assert "no modelctl daemon is running" in plain.stderr
     assert run("ps", "--json").stdout.strip() == "[]"
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
-def test_ls_with_stale_socket(runtime_dir: Path) -> None:
-    runtime_dir.mkdir(mode=0o700)
+def test_ls_with_stale_socket(offline_runtime: Path) -> None:
+    offline_runtime.mkdir(mode=0o700)
     import socket
 
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(runtime_dir / "modelctl.sock"))  # bound, never listening: refused
+    sock.bind(str(offline_runtime / "modelctl.sock"))  # bound, never listening: refused
     try:
         result = run("ls", "--json")
     finally:
@@ -122,7 +91,7 @@ def test_ls_with_stale_socket(runtime_dir: Path) -> None:
 @pytest.mark.parametrize("args", [["devices"], ["devices", "--json"], ["eject", "x"],
                                   ["eject", "--all"], ["pin", "x"], ["daemon", "status"],
                                   ["daemon", "stop"], ["top", "--once"]])
-def test_commands_that_need_a_daemon_exit_3(runtime_dir: Path, args: list[str]) -> None:
+def test_commands_that_need_a_daemon_exit_3(offline_runtime: Path, args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""
@@ -132,15 +101,15 @@ def test_commands_that_need_a_daemon_exit_3(runtime_dir: Path, args: list[str]) 
         assert "no modelctl daemon is running" in error["error"]["message"]
     else:
         one_error_line(result.stderr)
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
-def test_devices_error_says_what_to_do(runtime_dir: Path) -> None:
+def test_devices_error_says_what_to_do(offline_runtime: Path) -> None:
     line = one_error_line(run("devices").stderr)
     assert "no modelctl daemon is running" in line and "modelctl daemon start" in line
 
 
-def test_models_without_daemon_uses_the_builtin_registry(runtime_dir: Path) -> None:
+def test_models_without_daemon_uses_the_builtin_registry(offline_runtime: Path) -> None:
     result = run("models", "--json")
     if result.returncode == 3:  # the daemon package (and its registry) is not installed
         one_error_line(result.stderr)
@@ -149,7 +118,7 @@ def test_models_without_daemon_uses_the_builtin_registry(runtime_dir: Path) -> N
     entries = json.loads(result.stdout)
     assert entries and all(e["available_offline"] is None for e in entries)
     assert "sentence-transformers/all-MiniLM-L6-v2" in {e["name"] for e in entries}
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
 @pytest.mark.parametrize("args", [
@@ -166,14 +135,14 @@ def test_models_without_daemon_uses_the_builtin_registry(runtime_dir: Path) -> N
     ["--socket"],
     ["--url", "ftp://example.org", "ls"],
 ])
-def test_usage_errors_exit_2_and_start_nothing(runtime_dir: Path, args: list[str]) -> None:
+def test_usage_errors_exit_2_and_start_nothing(offline_runtime: Path, args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
-def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
+def test_unreachable_url_exits_3(offline_runtime: Path) -> None:
     result = run("--url", "http://127.0.0.1:9", "ls", "--json")
     assert result.returncode == 3 and result.stdout == ""
     assert json.loads(result.stderr)["error"]["code"] == "daemon_not_running"
@@ -188,7 +157,7 @@ def test_unreachable_url_exits_3(runtime_dir: Path) -> None:
      "fix or unset that environment variable"),
     (["--socket"], {}, 2, "see `modelctl --help`"),
 ])
-def test_errors_say_what_to_do_next(runtime_dir: Path, args: list[str], env: dict[str, str],
+def test_errors_say_what_to_do_next(offline_runtime: Path, args: list[str], env: dict[str, str],
                                     code: int, step: str) -> None:
     result = run(*args, env=env)
     assert result.returncode == code
@@ -250,13 +219,13 @@ def test_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _colours(plain) == [] and "80%" in plain
 
 
-def test_daemon_logs_without_log(runtime_dir: Path) -> None:
+def test_daemon_logs_without_log(offline_runtime: Path) -> None:
     result = run("daemon", "logs")
     assert result.returncode == 1
     assert "no daemon log" in one_error_line(result.stderr)
 
 
-def test_bad_environment_is_one_line(runtime_dir: Path) -> None:
+def test_bad_environment_is_one_line(offline_runtime: Path) -> None:
     # A daemon's knob is the daemon's to reject: `ls` works, `daemon start` says why not.
     assert run("ls", env={"MODELCTL_MAX_CPU_MEMORY": "lots"}).returncode == 0
     result = run("daemon", "start", env={"MODELCTL_MAX_CPU_MEMORY": "lots"})
@@ -265,7 +234,7 @@ def test_bad_environment_is_one_line(runtime_dir: Path) -> None:
 
 
 def test_unexpected_errors_are_one_line_unless_debug(
-        runtime_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        offline_runtime: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     def broken(self: State, timeout: float | None = 0) -> None:
         raise RuntimeError("boom")
@@ -282,7 +251,7 @@ def test_unexpected_errors_are_one_line_unless_debug(
 
 
 # -- import hygiene and speed ---------------------------------------------------------------
-def test_cli_imports_nothing_heavy(runtime_dir: Path) -> None:
+def test_cli_imports_nothing_heavy(offline_runtime: Path) -> None:
     """``--help`` and ``ls --json`` import no model stack, no rich, and no pydantic."""
     code = textwrap.dedent("""
         import contextlib, io, json, sys
@@ -305,11 +274,11 @@ def test_cli_imports_nothing_heavy(runtime_dir: Path) -> None:
     # needed to draw tables. Neither belongs on these paths.
     assert "pydantic" not in loaded
     assert "rich" not in loaded
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
 # -- completion (the shells themselves: test_completion.py) -------------------------------
-def test_completion_request_is_silent_and_light(runtime_dir: Path) -> None:
+def test_completion_request_is_silent_and_light(offline_runtime: Path) -> None:
     """A completion request imports no typer, rich or pydantic, prints only candidates,
     and starts nothing."""
     code = textwrap.dedent("""
@@ -332,16 +301,16 @@ def test_completion_request_is_silent_and_light(runtime_dir: Path) -> None:
         assert json.loads(result.stderr) == [], line
         for candidate in result.stdout.splitlines():
             assert candidate and "\t" not in candidate.split("\t", 1)[0]
-    assert no_daemon_left(runtime_dir) and not runtime_dir.exists()
+    assert no_daemon_left(offline_runtime) and not offline_runtime.exists()
 
 
-def test_completion_of_a_bad_line_is_empty(runtime_dir: Path) -> None:
+def test_completion_of_a_bad_line_is_empty(offline_runtime: Path) -> None:
     from modelctl.cli.completion.responder import candidates, split_line
 
     assert split_line("modelctl eject 'org/ti") == (["modelctl", "eject"], "org/ti")
     assert split_line("modelctl eject ") == (["modelctl", "eject"], "")
     assert split_line("") == ([], "")
-    env = {"MODELCTL_RUNTIME_DIR": str(runtime_dir)}
+    env = {"MODELCTL_RUNTIME_DIR": str(offline_runtime)}
     for line in ("", "modelctl", "modelctl nope ", "modelctl eject --device", "modelctl -- ",
                  "modelctl --socket", "modelctl ls --help ", "x\\"):
         assert isinstance(candidates(line, env), list)

@@ -18,6 +18,7 @@ import pytest
 from modelctl.client import Client
 from modelctl.errors import CacheManagementError
 from modelctl.testing import MINILM, RAY_LOOPBACK_ENV, RayCluster, wait_for
+from tests.marqo_sdk import HF_MINILM, MARQO_3, NO_CUDA, check_cpu, run_marqo
 
 os.environ.update(RAY_LOOPBACK_ENV)  # Ray reads it when it is imported
 pytest.importorskip("ray.serve")
@@ -174,8 +175,6 @@ def test_model_in_use_is_not_evicted(fleet: Client) -> None:
 
 
 def test_marqo_client_against_the_cluster(ray_cluster: RayCluster, fleet: Client) -> None:
-    from tests.test_marqo_clients import HF_MINILM, MARQO_3, NO_CUDA, check_cpu, run_marqo
-
     fleet.load_model(HF_MINILM, copies=2)
     result = run_marqo(MARQO_3, ray_cluster.url, HF_MINILM)
     assert result["loaded"]["ok"] == {"models": [{"model_name": HF_MINILM,

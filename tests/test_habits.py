@@ -13,13 +13,12 @@ import pytest
 
 from modelctl.cli.completion.tree import TREE
 from modelctl.cli.habits import FOREIGN, suggestions
-from tests.test_cli_offline import no_daemon_left, one_error_line, run
-from tests.test_cli_offline import runtime_dir as runtime_dir  # noqa: F401  (fixture)
+from tests.cli_runs import no_daemon_left, one_error_line, run
 
 COMMANDS = list(TREE[""]["commands"])
 
 
-def test_help_lists_the_aliases_as_aliases(runtime_dir: Path) -> None:
+def test_help_lists_the_aliases_as_aliases(offline_runtime: Path) -> None:
     help_text = run("--help").stdout
     lines = {line.split()[0]: line for line in help_text.splitlines()
              if line.startswith("  ") and line.split()}
@@ -29,13 +28,13 @@ def test_help_lists_the_aliases_as_aliases(runtime_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("verb", ["stop", "unload"])
-def test_stop_and_unload_eject(runtime_dir: Path, verb: str) -> None:
+def test_stop_and_unload_eject(offline_runtime: Path, verb: str) -> None:
     result = run(verb, "all-MiniLM-L6-v2")
     # No daemon: nothing is loaded, said as eject says it (not "no such command").
     assert result.returncode == 3
     assert "so nothing is loaded" in one_error_line(result.stderr)
     assert run(verb).returncode == 2  # a NAME or --all, as eject
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
 @pytest.mark.parametrize(("typed", "meant", "never"), [
@@ -47,7 +46,7 @@ def test_stop_and_unload_eject(runtime_dir: Path, verb: str) -> None:
     ("ejct", "eject", "load"),
     ("lss", "ls", None),
 ])
-def test_typos_never_suggest_the_reverse(runtime_dir: Path, typed: str, meant: str,
+def test_typos_never_suggest_the_reverse(offline_runtime: Path, typed: str, meant: str,
                                          never: str | None) -> None:
     result = run(typed, "x")
     assert result.returncode == 2
@@ -65,15 +64,15 @@ def test_every_removing_typo_stays_on_its_side() -> None:
 
 
 @pytest.mark.parametrize("verb", ["run", "rm", "rmi", "list", "start", "logs", "status"])
-def test_other_tools_verbs_get_modelctls_way(runtime_dir: Path, verb: str) -> None:
+def test_other_tools_verbs_get_modelctls_way(offline_runtime: Path, verb: str) -> None:
     result = run(verb, "all-MiniLM-L6-v2")
     assert result.returncode == 2
     line = one_error_line(result.stderr)
     assert FOREIGN[verb] in line
-    assert no_daemon_left(runtime_dir)
+    assert no_daemon_left(offline_runtime)
 
 
-def test_daemon_subcommand_typo(runtime_dir: Path) -> None:
+def test_daemon_subcommand_typo(offline_runtime: Path) -> None:
     line = one_error_line(run("daemon", "stauts").stderr)
     assert "'status'" in line and "`modelctl daemon --help`" in line
 
@@ -84,7 +83,7 @@ def test_daemon_subcommand_typo(runtime_dir: Path) -> None:
     (["daemon", "status", "--runtime-dir", "/tmp"], "--runtime-dir"),
     (["ls", "--api-key", "k"], "--api-key"),
 ])
-def test_global_option_after_the_command_gets_a_hint(runtime_dir: Path, args: list[str],
+def test_global_option_after_the_command_gets_a_hint(offline_runtime: Path, args: list[str],
                                                      flag: str) -> None:
     result = run(*args)
     assert result.returncode == 2
@@ -93,7 +92,7 @@ def test_global_option_after_the_command_gets_a_hint(runtime_dir: Path, args: li
     assert f"`modelctl {flag} " in line
 
 
-def test_a_commands_own_option_of_the_same_name_is_kept(runtime_dir: Path) -> None:
+def test_a_commands_own_option_of_the_same_name_is_kept(offline_runtime: Path) -> None:
     # serve has an --api-key of its own (the server's key): no hint, Typer parses it.
     result = run("serve", "--api-key", "k", "--help")
     assert result.returncode == 0 and "--api-key" in result.stdout
@@ -107,7 +106,7 @@ def test_a_commands_own_option_of_the_same_name_is_kept(runtime_dir: Path) -> No
     (["eject", "x", "--json"], 3, "daemon_not_running"),
     (["--url", "ftp://x", "ls", "--json"], 2, "usage"),
 ])
-def test_json_errors_are_one_json_document_on_stderr(runtime_dir: Path, args: list[str],
+def test_json_errors_are_one_json_document_on_stderr(offline_runtime: Path, args: list[str],
                                                      code: int, kind: str) -> None:
     result = run(*args)
     assert result.returncode == code
@@ -117,7 +116,7 @@ def test_json_errors_are_one_json_document_on_stderr(runtime_dir: Path, args: li
     assert error["error"]["message"]
 
 
-def test_json_errors_from_the_daemon_keep_its_code(runtime_dir: Path) -> None:
+def test_json_errors_from_the_daemon_keep_its_code(offline_runtime: Path) -> None:
     result = run("pull", "no-such-model", "--json")
     assert result.returncode == 1 and result.stdout == ""
     error = json.loads(result.stderr)["error"]
@@ -130,7 +129,7 @@ def test_json_errors_from_the_daemon_keep_its_code(runtime_dir: Path) -> None:
     ("all-MiniLM-L12-v3", "all-MiniLM-L12-v2"),
     ("vit-b/32", "ViT-B/32"),
 ])
-def test_near_model_names_suggest_the_right_one(runtime_dir: Path, typed: str,
+def test_near_model_names_suggest_the_right_one(offline_runtime: Path, typed: str,
                                                 meant: str) -> None:
     line = one_error_line(run("pull", typed, env={"HF_HUB_OFFLINE": "1"}).stderr)
     assert f"unknown model '{typed}': did you mean '{meant}'" in line
