@@ -222,7 +222,8 @@ def start(
 
 @app.command("stop")
 def stop(ctx: typer.Context) -> None:
-    """Stop the daemon: in-flight requests finish, every model is freed."""
+    """Stop the daemon: in-flight requests finish (within MODELCTL_SHUTDOWN_GRACE, 30s
+    unless set), every model is freed."""
     from modelctl.runtime import stop_daemon
 
     state = get_state(ctx)

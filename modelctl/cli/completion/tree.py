@@ -234,7 +234,7 @@ TREE: dict[str, dict[str, Any]] = {
         'summary': 'Start, stop and inspect the background daemon',
         'commands': {
             'start': 'Start the daemon in the background (nothing happens if one runs)',
-            'stop': 'Stop the daemon: in-flight requests finish, every model is freed',
+            'stop': 'Stop the daemon: in-flight requests finish (within MODELCTL_SHUTDOWN_GRACE, 30s unless set), every model is freed',
             'status': 'Show whether the daemon runs, and how (exit 3 when none runs)',
             'close-listener': "Close one of the daemon's HTTP listeners; the daemon and its models stay",
             'logs': "Show the end of the daemon's log file",
@@ -263,7 +263,7 @@ TREE: dict[str, dict[str, Any]] = {
         ],
     },
     'daemon stop': {
-        'summary': 'Stop the daemon: in-flight requests finish, every model is freed',
+        'summary': 'Stop the daemon: in-flight requests finish (within MODELCTL_SHUTDOWN_GRACE, 30s unless set), every model is freed',
         'commands': {},
         'arguments': [],
         'options': [
