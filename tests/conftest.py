@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from modelctl.testing import Daemon, free_port, make_tiny_clip, minilm_path
+from modelctl.testing import Daemon, free_port, make_tiny_clip, minilm_path, wide_clip_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,8 +33,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite runs on pytest-xdist workers (pyproject's addopts), a whole module to a worker
 # so that its module-scoped daemon starts once. The two Ray modules share one worker, one
 # after the other: each starts a Ray cluster of several processes on this machine. The
-# modules that use the keyed daemon share one too, so that it starts once.
+# modules that use the keyed daemon share one too, so that it starts once, and so do
+# those of the budget daemon.
 SAME_WORKER = {"tests/test_cluster.py": "ray", "tests/test_cluster_nodes.py": "ray",
+               "tests/test_budgets.py": "budget", "tests/test_metrics.py": "budget",
                **{f"tests/{name}.py": "keyed" for name in (
                    "test_http_security", "test_listeners", "test_marqo_clients",
                    "test_openai_client", "test_security")}}
@@ -141,6 +143,28 @@ def keyed_daemon() -> Iterator[Daemon]:
     finally:
         d.stop()
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def budget_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Random open_clip checkpoints for the budget daemon: ``small`` (about 91 MB, as
+    MiniLM: any two fit its budget, three do not) and ``big`` (208 MB: fits next to one)."""
+    root = tmp_path_factory.mktemp("budget-clips")
+    return {"small": make_tiny_clip(root, arch="budget-small", config=wide_clip_config(384, 1)),
+            "big": make_tiny_clip(root, arch="budget-big", config=wide_clip_config(640, 2))}
+
+
+@pytest.fixture(scope="session")
+def budget_daemon() -> Iterator[Daemon]:
+    """A daemon with a 250 MB cpu budget, given as ``daemon start --max-cpu-memory``
+    over Marqo's alias in its environment (8 GB), which the flag beats."""
+    d = Daemon(env={"MARQO_MAX_CPU_MODEL_MEMORY": "8"})
+    try:
+        d.cli("daemon", "start", "--max-cpu-memory", "250MB", check=True, timeout=60)
+        d.wait_torch()
+        yield d
+    finally:
+        d.__exit__(None, None, None)
 
 
 def _restore(d: Daemon) -> None:

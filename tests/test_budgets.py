@@ -1,7 +1,8 @@
 """Budgets and eviction against a real daemon: LRU, leases, pins, 409s, concurrent loads.
 
-One daemon with a cpu budget of 250 MB, given as ``modelctl daemon start
---max-cpu-memory 250MB`` (over a Marqo alias in the environment, which the flag beats).
+The budget daemon (conftest.py; test_metrics.py uses it too), with a cpu budget of
+250 MB, given as ``modelctl daemon start --max-cpu-memory 250MB`` (over a Marqo alias in
+the environment, which the flag beats).
 Its models are about 91 MB each (MiniLM, and one random open_clip checkpoint loaded
 under several names), so any two fit and any three do not; a 208 MB open_clip model
 fits only next to one of them.
@@ -26,8 +27,6 @@ from modelctl.testing import (
     Daemon,
     counter,
     embed_on_own_connection,
-    make_tiny_clip,
-    wide_clip_config,
 )
 
 BUDGET = 250 * 10**6
@@ -38,21 +37,8 @@ LONG_BATCH = [f"request {i}: " + "a long sentence that keeps the model busy " * 
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    root = tmp_path_factory.mktemp("budget-clips")
-    return {"small": make_tiny_clip(root, arch="budget-small", config=wide_clip_config(384, 1)),
-            "big": make_tiny_clip(root, arch="budget-big", config=wide_clip_config(640, 2))}
-
-
-@pytest.fixture(scope="module")
-def budget_daemon() -> Iterator[Daemon]:
-    d = Daemon(env={"MARQO_MAX_CPU_MODEL_MEMORY": "8"})
-    try:
-        d.cli("daemon", "start", "--max-cpu-memory", "250MB", check=True, timeout=60)
-        d.wait_torch()
-        yield d
-    finally:
-        d.__exit__(None, None, None)
+def checkpoints(budget_checkpoints: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return budget_checkpoints
 
 
 @pytest.fixture

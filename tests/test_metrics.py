@@ -1,8 +1,8 @@
 """``GET /metrics``: Prometheus text that prometheus-client parses, whose gauges show the
 cache and whose counters move with loads, embeddings, evictions, expirations and ejects.
 
-A daemon of its own, with a 30 MB cpu budget from Marqo's alias (in GB): two tiny
-open_clip models (13.5 MB each) fit, a third evicts one.
+The budget daemon (conftest.py), whose 250 MB cpu budget holds two of its ~91 MB
+open_clip checkpoints; a third evicts one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelctl.errors import ApiError
 from modelctl.testing import Daemon
 
-BUDGET = 30 * 10**6
+BUDGET = 250 * 10**6
 
 
 class Scrape:
@@ -33,10 +33,12 @@ class Scrape:
         return float(sum(found))
 
 
-@pytest.fixture(scope="module")
-def d() -> Iterator[Daemon]:
-    with Daemon(env={"MARQO_MAX_CPU_MODEL_MEMORY": "0.03"}) as daemon:
-        yield daemon
+@pytest.fixture
+def d(budget_daemon: Daemon) -> Iterator[Daemon]:
+    """The budget daemon, empty before and after each test."""
+    budget_daemon.client.eject(all=True, force=True)
+    yield budget_daemon
+    budget_daemon.client.eject(all=True, force=True)
 
 
 def scrape(d: Daemon) -> Scrape:
@@ -59,20 +61,22 @@ def test_families_and_types(d: Daemon) -> None:
     assert s.value("modelctl_budget_bytes", device="cpu") == BUDGET
 
 
-def test_counters_follow_the_cache(d: Daemon, tiny_clip: dict[str, Any]) -> None:
+def test_counters_follow_the_cache(d: Daemon,
+                                   budget_checkpoints: dict[str, dict[str, Any]]) -> None:
+    clip = budget_checkpoints["small"]
     c = d.client
     s0 = scrape(d)
 
     def delta(name: str, **labels: str) -> float:
         return scrape(d).value(name, **labels) - s0.value(name, **labels)
 
-    c.load_model("m-a", "cpu", properties=tiny_clip)
-    c.load_model("m-b", "cpu", properties=tiny_clip)
+    c.load_model("m-a", "cpu", properties=clip)
+    c.load_model("m-b", "cpu", properties=clip)
     s1 = scrape(d)
     assert delta("modelctl_loads_total", model="m-a", device="cpu") == 1
     assert s1.value("modelctl_models_loaded", device="cpu", state="ready") == 2
     size = s1.value("modelctl_model_bytes", model="m-a", device="cpu")
-    assert size == c.list_models()[0]["bytes"] and 10**7 < size < 2 * 10**7
+    assert size == c.list_models()[0]["bytes"] and 5 * 10**7 < size < 1.2 * 10**8
     assert s1.value("modelctl_load_seconds_count", model="m-a", device="cpu") >= 1
 
     c.embed("m-a", ["one"])
@@ -83,14 +87,14 @@ def test_counters_follow_the_cache(d: Daemon, tiny_clip: dict[str, Any]) -> None
     assert delta("modelctl_embedding_seconds_count", model="m-a", device="cpu") == 3
     assert delta("modelctl_embedding_seconds_sum", model="m-a", device="cpu") > 0
 
-    c.load_model("m-c", "cpu", properties=tiny_clip)  # the budget holds two: m-b (LRU) goes
+    c.load_model("m-c", "cpu", properties=clip)  # the budget holds two: m-b (LRU) goes
     assert delta("modelctl_evictions_total", model="m-b", device="cpu") == 1
     assert delta("modelctl_evictions_total", model="m-a", device="cpu") == 0
 
     c.eject("m-a", "cpu")
     assert delta("modelctl_ejects_total", model="m-a", device="cpu") == 1
 
-    c.load_model("m-d", "cpu", properties=tiny_clip, keep_alive=0.2)
+    c.load_model("m-d", "cpu", properties=clip, keep_alive=0.2)
     deadline = time.monotonic() + 15
     while any(m["name"] == "m-d" for m in c.list_models()):
         assert time.monotonic() < deadline, "m-d did not expire"
@@ -99,7 +103,7 @@ def test_counters_follow_the_cache(d: Daemon, tiny_clip: dict[str, Any]) -> None
     assert delta("modelctl_ejects_total", model="m-d", device="cpu") == 0
 
     with pytest.raises(ApiError):
-        c.load_model("m-e", "cpu", properties={**tiny_clip, "localpath": "/no/such.pt"})
+        c.load_model("m-e", "cpu", properties={**clip, "localpath": "/no/such.pt"})
     assert delta("modelctl_load_failures_total", model="m-e", device="cpu") == 1
 
     s2 = scrape(d)
