@@ -384,9 +384,13 @@ class RayCluster:
     def client(self, timeout: float = 120) -> Client:
         return Client(self.url, timeout=timeout)
 
+    def down(self) -> None:
+        """``modelctl cluster down --address HEAD``: the application goes, Ray stays."""
+        self.cli("cluster", "down", "--address", self.address, timeout=120)
+
     def close(self) -> None:
         try:
-            self.cli("cluster", "down", "--address", self.address, timeout=120)
+            self.down()
         finally:
             self.cluster.shutdown()
 

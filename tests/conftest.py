@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The suite runs on pytest-xdist workers (pyproject's addopts), a whole module to a worker
 # so that its module-scoped daemon starts once. The two Ray modules share one worker, one
-# after the other: each starts a Ray cluster of several processes on this machine. The
+# after the other, and its Ray head (``ray_head``), each deploying modelctl on it. The
 # modules that use the keyed daemon share one too, so that it starts once, and so do
 # those of the budget daemon.
 SAME_WORKER = {"tests/test_cluster.py": "ray", "tests/test_cluster_nodes.py": "ray",
@@ -165,6 +165,48 @@ def budget_daemon() -> Iterator[Daemon]:
         yield d
     finally:
         d.__exit__(None, None, None)
+
+
+class RayHeadLease:
+    """A Ray head on loopback with 4 logical CPUs, shared by the modules that use it and
+    shut down when the last of them ends: an idle head still takes about 5% of a core."""
+
+    def __init__(self, modules: set[Path]) -> None:
+        from modelctl.testing import RayCluster
+
+        self.waiting = set(modules)
+        self.cluster: Any = RayCluster(head_cpus=4)
+
+    def release(self, module: Path) -> None:
+        self.waiting.discard(module)
+        if not self.waiting:
+            self.close()
+
+    def close(self) -> None:
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            cluster.close()
+
+
+@pytest.fixture(scope="session")
+def ray_head_lease(request: pytest.FixtureRequest) -> Iterator[RayHeadLease]:
+    pytest.importorskip("ray.serve")
+    users = {item.path for item in request.session.items if "ray_head" in item.fixturenames}
+    lease = RayHeadLease(users)
+    try:
+        yield lease
+    finally:
+        lease.close()
+
+
+@pytest.fixture(scope="module")
+def ray_head(ray_head_lease: RayHeadLease, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The shared Ray head with nothing deployed: the module deploys modelctl with ``up``
+    (its own options), adds the nodes it needs, and takes both away again (``down``,
+    ``remove_node``)."""
+    assert ray_head_lease.cluster is not None, "the Ray head was shut down early"
+    yield ray_head_lease.cluster
+    ray_head_lease.release(request.path)
 
 
 def _restore(d: Daemon) -> None:

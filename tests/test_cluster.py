@@ -1,7 +1,8 @@
 """modelctl on a real one-node Ray cluster with two cpu replicas, through its HTTP URL.
 
-One cluster for the module (Ray and two replicas importing torch take a minute on a
-busy machine); each test starts from an empty fleet. Every replica has a cpu budget of
+One deployment for the module, on the Ray head it shares with test_cluster_nodes.py
+(Ray and two replicas importing torch take a minute on a busy machine); each test starts
+from an empty fleet. Every replica has a cpu budget of
 150 MB: one MiniLM (~91 MB) fits, two do not.
 """
 
@@ -32,15 +33,15 @@ LONG_BATCH = [f"request {i}: " + "a long sentence that keeps the model busy " * 
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[RayCluster]:
-    cluster = RayCluster(head_cpus=4)
+def ray_cluster(ray_head: RayCluster) -> Iterator[RayCluster]:
     try:
-        result = cluster.up("--cpu-replicas", "2", "--gpus", "0", "--replica-cpus", "1",
-                            "--max-cpu-memory", "150MB")
+        # One proxy, on the head: test_cluster_nodes.py adds nodes to this same head.
+        result = ray_head.up("--cpu-replicas", "2", "--gpus", "0", "--replica-cpus", "1",
+                             "--proxy-location", "HeadOnly", "--max-cpu-memory", "150MB")
         assert result["replicas"] == ["cpu-0", "cpu-1"]
-        yield cluster
+        yield ray_head
     finally:
-        cluster.close()
+        ray_head.down()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""modelctl on a simulated multi-node Ray cluster: a head and two nodes with one logical
-GPU each, all processes of this machine (``ray.cluster_utils.Cluster``).
+"""modelctl on a simulated multi-node Ray cluster: the shared head (conftest.py) and two
+nodes with one logical GPU each, all processes of this machine
+(``ray.cluster_utils.Cluster``).
 
 Each node's replica is placed by its GPU resource but runs models on cpu (there is no
 real GPU here); what is tested is the fleet across nodes: node names in the views,
@@ -24,18 +25,20 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def nodes() -> Iterator[RayCluster]:
-    cluster = RayCluster(head_cpus=2)
+def nodes(ray_head: RayCluster) -> Iterator[RayCluster]:
+    """The shared Ray head (conftest.py) with two GPU nodes added for this module."""
     try:
-        cluster.add_node("gpu-a", num_cpus=2, num_gpus=1)
-        cluster.add_node("gpu-b", num_cpus=2, num_gpus=1)
+        ray_head.add_node("gpu-a", num_cpus=2, num_gpus=1)
+        ray_head.add_node("gpu-b", num_cpus=2, num_gpus=1)
         # One proxy, on the head: the simulated nodes share this machine's ports.
-        result = cluster.up("--replica-cpus", "1", "--proxy-location", "HeadOnly",
-                            "--max-cpu-memory", "400MB")
+        result = ray_head.up("--replica-cpus", "1", "--proxy-location", "HeadOnly",
+                             "--max-cpu-memory", "400MB")
         assert result["replicas"] == ["gpu-0", "gpu-1"], "the cluster's 2 GPUs, one each"
-        yield cluster
+        yield ray_head
     finally:
-        cluster.close()
+        ray_head.down()
+        for name in list(ray_head.nodes):  # a test may have removed one already
+            ray_head.remove_node(name)
 
 
 @pytest.fixture
