@@ -146,3 +146,18 @@ def test_ray_is_the_version_the_extra_pins() -> None:
     ray = pytest.importorskip("ray")
     pins = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert f'ray = ["ray[serve]=={ray.__version__}"]' in pins
+
+
+def test_a_reading_that_arrives_late_does_not_undo_a_later_one() -> None:
+    """Serve's handles keep no order: the periodic reading taken before an eject can
+    arrive after the one the eject sent. A restarted replica (another pid) counts
+    afresh."""
+    fleet = Fleet()
+    before_eject = {**report("r1", 0, entry("m")), "pid": 7, "seq": 4}
+    after_eject = {**report("r1", 100 * MB), "pid": 7, "seq": 5}
+    fleet.report(after_eject)
+    fleet.report(before_eject)
+    assert [r["entries"] for r in fleet.live()] == [[]]
+    restarted = {**report("r1", 100 * MB, entry("n")), "pid": 8, "seq": 1}
+    fleet.report(restarted)
+    assert [e["name"] for r in fleet.live() for e in r["entries"]] == ["n"]

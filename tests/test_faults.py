@@ -371,9 +371,12 @@ def test_clients_that_disconnect_harm_nothing(faulty: Daemon, listener: str) -> 
     assert len(faulty.client.embed(MINILM, ["still serving"])[0]) == 384
     assert len(faulty.http_client().embed(MINILM, ["still serving"])[0]) == 384
     faulty.client.close()
-    # Every socket of the vanished clients is closed; no thread was left behind.
+    # Every socket of the vanished clients is closed; no thread was left behind for them.
+    # A thread pool may have grown by a worker under the concurrent embeddings (its idle
+    # workers stay), but a thread per vanished client would be dozens.
+    threads_allowed = threads_before + 2
     deadline = time.monotonic() + 30
-    while _fds(pid) > fds_before or _threads(pid) > threads_before:
+    while _fds(pid) > fds_before or _threads(pid) > threads_allowed:
         assert time.monotonic() < deadline, (
             f"fds {fds_before} -> {_fds(pid)}, threads {threads_before} -> {_threads(pid)}")
         time.sleep(0.1)

@@ -61,6 +61,17 @@ class Fleet:
         self._pending: dict[tuple[str, str | None], _Placement] = {}
 
     def report(self, report: Report) -> None:
+        """Take a replica's reading, unless a later one from the same process is here.
+
+        Reports travel through Serve's handles, which keep no order: the periodic
+        reading taken just before an eject may arrive after the one the eject sent, and
+        must not bring the model back into the view. ``seq`` counts a process's readings
+        (``pid`` and ``node_id`` say which process: a restarted replica counts afresh).
+        """
+        held = self._reports.get(report["replica"])
+        if held is not None and _same_process(held[1], report) and \
+                report.get("seq", 0) < held[1].get("seq", 0):
+            return
         self._reports[report["replica"]] = (self._clock(), report)
 
     def forget(self, replica: str) -> None:
@@ -115,3 +126,7 @@ def holders_of(reports: Iterable[Report], model: str) -> list[Report]:
 def _serves(report: Report, device: str | None) -> bool:
     kind = device_kind(device)
     return kind is None or device_kind(report.get("device")) == kind
+
+
+def _same_process(a: Report, b: Report) -> bool:
+    return (a.get("node_id"), a.get("pid")) == (b.get("node_id"), b.get("pid"))

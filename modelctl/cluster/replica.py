@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import tempfile
 from pathlib import Path
@@ -51,6 +52,7 @@ class ModelReplica:
                           if n.get("NodeID") == self.node_id), None) or self.node_id[:8]
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self._reported: object = None
+        self._readings = itertools.count(1)  # the registry keeps the latest (fleet.py)
         self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
 
     async def request(self, request: ForwardedRequest) -> ForwardedResponse:
@@ -107,6 +109,7 @@ class ModelReplica:
             "node_id": self.node_id, "gpu_ids": self.gpu_ids, "pid": state.pid,
             "device": device, "torch_ready": state.torch_is_ready,
             "free": max(0, budget - held.get(device, 0)), "budget": budget,
+            "seq": next(self._readings),  # taken with the entries: no await between
             "entries": [e.describe() for e in state.cache.list()], "devices": devices,
         }
 
