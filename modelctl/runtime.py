@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from modelctl.config import Settings
+from modelctl.config import MAX_TIMEOUT_S, Settings, Timeouts
 from modelctl.errors import (
     DaemonError,
     DaemonNotRunning,
@@ -273,7 +273,6 @@ def start_daemon(settings: Settings, timeout: float = 30.0) -> tuple[Health, boo
 # how long) after SIGTERM, then frees its models: `daemon stop` waits this much past the
 # grace, so a daemon that exits just after its grace period is reported stopped, not failed.
 STOP_MARGIN_S = 30.0
-DEFAULT_SHUTDOWN_GRACE_S = 30.0
 
 
 def stop_daemon(settings: Settings, timeout: float | None = None) -> int:
@@ -292,8 +291,8 @@ def stop_daemon(settings: Settings, timeout: float | None = None) -> int:
             from None
     if timeout is None:
         grace = status.shutdown_grace_s
-        if not isinstance(grace, (int, float)) or not 0 < grace <= 86400:
-            grace = DEFAULT_SHUTDOWN_GRACE_S
+        if not isinstance(grace, (int, float)) or not 0 < grace <= MAX_TIMEOUT_S:
+            grace = Timeouts().shutdown_grace_s  # a daemon from before it said
         timeout = grace + STOP_MARGIN_S
     deadline = time.monotonic() + timeout
     while lock_is_held(settings):
